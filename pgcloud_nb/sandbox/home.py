@@ -1,0 +1,92 @@
+"""The sandbox's one folder: its SQLite state, its API key, its clusters and its logs.
+
+Layout of ``$PGCLOUD_SANDBOX_HOME``::
+
+    credentials.json   org id, key id and key secret (mode 0600), made at first start
+    state.db           SQLite: services, config, metric samples
+    server.json        url and pid of the running API server (gone when stopped)
+    server.log         the API server's log (never holds a secret)
+    clusters/          one folder per service: pgdata/, socket/, certs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Credentials", "SandboxHome"]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    org_id: str
+    key_id: str
+    key_secret: str
+
+    def __repr__(self) -> str:  # the secret never reaches a repr
+        return f"Credentials(org_id={self.org_id!r}, key_id={self.key_id!r}, key_secret='***')"
+
+
+class SandboxHome:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"SandboxHome({str(self.path)!r})"
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / "state.db"
+
+    @property
+    def server_file(self) -> Path:
+        return self.path / "server.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "server.log"
+
+    @property
+    def clusters_dir(self) -> Path:
+        return self.path / "clusters"
+
+    def ensure(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def credentials(self) -> Credentials:
+        """The sandbox's org and API key, generated once and stored with mode 0600."""
+        self.ensure()
+        f = self.path / "credentials.json"
+        try:
+            data = json.loads(f.read_text())
+        except FileNotFoundError:
+            data = {
+                "org_id": str(uuid.uuid4()),
+                # Shaped like real keys: a 20-character ID and a 40-character secret.
+                "key_id": secrets.token_hex(10).upper(),
+                "key_secret": "4b1d" + secrets.token_urlsafe(30)[:36],
+            }
+            fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(data, out)
+        return Credentials(data["org_id"], data["key_id"], data["key_secret"])
+
+    def read_server(self) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = json.loads(self.server_file.read_text())
+            return found
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_server(self, info: dict[str, Any]) -> None:
+        tmp = self.server_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(self.server_file)
+
+    def clear_server(self) -> None:
+        self.server_file.unlink(missing_ok=True)

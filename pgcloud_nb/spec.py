@@ -1,0 +1,151 @@
+"""The embedded API contract, and request validation taken from it.
+
+The official OpenAPI file ships inside the package (``pgcloud_nb/openapi/``), so
+the sandbox, the forms and the tests all validate against the same text the
+real API publishes, instead of a hand-copied set of rules that could drift.
+
+``validate_body`` checks a request body against one schema and returns every
+problem as a :class:`FieldError` naming the field, in the API's own wording
+(``BAD_REQUEST: request body.tags[0].key: '…'``, API-NOTES §1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+__all__ = ["FieldError", "enum_values", "load", "pg_config_keys", "schema", "validate_body"]
+
+_URI = "urn:pgcloud-nb:managed-postgres-openapi"
+SPEC_FILE = "managed-postgres-openapi.yml"
+PROMETHEUS_SPEC_FILE = "prometheus-openapi.yml"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One invalid field: ``field`` is a dotted path such as ``tags[0].key``."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"request body.{self.field}" if self.field else "request body"
+        return f"BAD_REQUEST: {where}: {self.message}"
+
+
+def spec_path(name: str = SPEC_FILE) -> str:
+    """Filesystem path of an embedded spec file (for schemathesis and tools)."""
+    return str(resources.files("pgcloud_nb") / "openapi" / name)
+
+
+@cache
+def load(name: str = SPEC_FILE) -> dict[str, Any]:
+    text = (resources.files("pgcloud_nb") / "openapi" / name).read_text("utf-8")
+    doc: dict[str, Any] = yaml.safe_load(text)
+    return doc
+
+
+def schema(name: str) -> dict[str, Any]:
+    """One component schema, with ``$ref``s left for the validator to resolve."""
+    found: dict[str, Any] = load()["components"]["schemas"][name]
+    return found
+
+
+def enum_values(name: str) -> list[str]:
+    """The values of an enum component (``pgSize``, ``pgHaType``, …)."""
+    return list(schema(name)["enum"])
+
+
+def pg_config_keys() -> dict[str, dict[str, Any]]:
+    """The 31 known pgConfig keys and their schemas."""
+    props: dict[str, dict[str, Any]] = schema("pgConfig")["properties"]
+    return props
+
+
+@cache
+def _registry() -> Registry:
+    # Resolve "#/components/schemas/X" against the whole spec document.
+    doc = Resource.from_contents(load(), default_specification=DRAFT202012)
+    return Registry().with_resource(_URI, doc)
+
+
+@cache
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    ref = {"$ref": f"{_URI}#/components/schemas/{name}"}
+    return jsonschema.Draft202012Validator(
+        ref, registry=_registry(), format_checker=jsonschema.FormatChecker()
+    )
+
+
+def _resolved(name: str) -> dict[str, Any]:
+    node = schema(name)
+    while "$ref" in node:
+        node = schema(node["$ref"].rsplit("/", 1)[-1])
+    return node
+
+
+def _path(parts: Any) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    value = err.instance
+    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    if err.validator == "enum":
+        return f"{shown} is not one of the allowed values"
+    if err.validator in ("type", "format", "pattern"):
+        return f"{shown} is not a valid {err.validator_value if err.validator == 'type' else 'value'}"
+    return err.message if len(err.message) <= 160 else f"{shown} breaks the '{err.validator}' rule"
+
+
+def validate_body(name: str, body: Any, *, required: tuple[str, ...] = ()) -> list[FieldError]:
+    """Every problem with ``body`` against schema ``name``; empty when it is valid.
+
+    Beyond the schema: the body must be a JSON object (the spec's object schemas
+    lack ``type: object``), and unknown top-level properties are refused, as the
+    real API does ("request body property can't be validated: name").
+    ``required`` adds fields the real API needs although the spec marks them
+    optional (API-NOTES §3.2).
+    """
+    if not isinstance(body, dict):
+        return [FieldError("", f"expected a JSON object, got {type(body).__name__}")]
+    errors: list[FieldError] = []
+    known = _resolved(name).get("properties", {})
+    for key in body:
+        if key not in known:
+            errors.append(FieldError(str(key), "unknown property"))
+    for key in required:
+        if key not in body:
+            errors.append(FieldError(key, "is required"))
+    for err in sorted(_validator(name).iter_errors(body), key=lambda e: list(e.absolute_path)):
+        path = list(err.absolute_path)
+        if err.validator == "required":
+            missing = err.message.split("'")[1] if "'" in err.message else ""
+            path = [*path, missing] if missing else path
+            errors.append(FieldError(_path(path), "is required"))
+        elif err.validator == "additionalProperties":
+            known_here = err.schema.get("properties", {})
+            for extra in (k for k in err.instance if k not in known_here):
+                errors.append(FieldError(_path([*path, extra]), "unknown property"))
+        else:
+            errors.append(FieldError(_path(path), _describe(err)))
+    # A field may break several rules; report each field once, first rule first.
+    seen: set[str] = set()
+    unique = []
+    for e in errors:
+        if e.field not in seen:
+            seen.add(e.field)
+            unique.append(e)
+    return unique
