@@ -1,0 +1,520 @@
+"""The sandbox's HTTP API: the routes of the Managed Postgres spec, over real clusters.
+
+Paths, envelopes, status codes and content types follow the embedded spec;
+where it is silent we follow API-NOTES.md and say so beside the choice. The app
+is built from a list of routes, as starlette's own examples are; requests are
+validated by :func:`pgcloud_nb.spec.validate_body` against the spec itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from pgcloud_nb import spec
+from pgcloud_nb.sandbox import engine, faults, telemetry
+from pgcloud_nb.sandbox.home import SandboxHome
+from pgcloud_nb.sandbox.lifecycle import Conflict, Lifecycle, connection_string, generate_password
+from pgcloud_nb.sandbox.settings import Settings
+from pgcloud_nb.sandbox.store import ServiceRow, Store
+from pgcloud_nb.sizes import size_spec
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("pgcloud_nb.sandbox")
+
+ORG_PATH = "/v1/organizations/{org_id}"
+PG = ORG_PATH + "/postgres"
+SVC = PG + "/{service_id}"
+# API-NOTES §8: the exact content type of the Prometheus endpoints.
+PROMETHEUS_TYPE = "text/plain; charset=UTF-8"
+# The org endpoint covers at most 100 services (data sheet).
+ORG_PROMETHEUS_MAX = 100
+LATER = "is not available in the sandbox yet"
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def envelope(status: int, *, result: Any = None, error: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"status": status, "requestId": str(uuid.uuid4())}
+    if error is not None:
+        body["error"] = error
+    elif result is not None:
+        body["result"] = result
+    return body
+
+
+def ok(result: Any = None) -> JSONResponse:
+    return JSONResponse(envelope(200, result=result))
+
+
+def bad_request(message: str) -> APIError:
+    return APIError(400, message)
+
+
+# -- request parsing ----------------------------------------------------------
+
+
+async def json_body(request: Request, schema_name: str, **kw: Any) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        body: Any = {}
+    else:
+        ctype = request.headers.get("content-type", "")
+        # The docs say the content-type header is required (API-NOTES §1).
+        if "json" not in ctype.lower():
+            raise bad_request("BAD_REQUEST: Content-Type must be application/json")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise bad_request("BAD_REQUEST: request body is not valid JSON") from None
+    errors = spec.validate_body(schema_name, body, **kw)
+    if errors:
+        raise bad_request("; ".join(str(e) for e in errors))
+    assert isinstance(body, dict)
+    return body
+
+
+def parse_date(request: Request, name: str, *, required: bool = True) -> datetime | None:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        if required:
+            raise bad_request(f"BAD_REQUEST: query parameter {name} is required")
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise bad_request(f"BAD_REQUEST: {name}: '{value}' is not an RFC 3339 date-time") from None
+    if parsed.tzinfo is None:
+        raise bad_request(f"BAD_REQUEST: {name}: '{value}' needs a time zone (e.g. Z)")
+    if parsed.microsecond % 1000:
+        # API-NOTES §5.10: at most millisecond precision.
+        raise bad_request(f"BAD_REQUEST: {name}: '{value}' has more than millisecond precision")
+    return parsed
+
+
+def parse_int(request: Request, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise bad_request(f"BAD_REQUEST: {name}: '{value}' is not an integer") from None
+    if n < minimum or (maximum is not None and n > maximum):
+        top = f" and {maximum}" if maximum is not None else ""
+        raise bad_request(f"BAD_REQUEST: {name}: {n} must be between {minimum}{top}")
+    return n
+
+
+# -- views of a service ---------------------------------------------------------
+
+
+def list_item(row: ServiceRow) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": row.id,
+        "name": row.name,
+        "provider": row.provider,
+        "region": row.region,
+        "postgresVersion": row.postgres_version,
+        "size": row.size,
+        "haType": row.ha_type,
+        "tags": row.tags,
+        "state": row.state,
+        "createdAt": row.created_at,
+        "isPrimary": row.is_primary,
+    }
+    spec_ = size_spec(row.size)
+    if spec_ is not None:  # the live list carries storageSize too (API-NOTES §3.3)
+        item["storageSize"] = spec_.storage_gib
+    return item
+
+
+def service_view(row: ServiceRow) -> dict[str, Any]:
+    # API-NOTES §7: no password or connection string outside create / reset.
+    return {**list_item(row), "username": row.username, "hostname": row.hostname}
+
+
+# A spec-valid answer never has an empty section (minProperties: 1), although the
+# real API sends {}; when nothing is user-set we show the effective default.
+def config_view(row: ServiceRow, current_max_connections: str | None = None) -> dict[str, Any]:
+    pg = dict(row.pg_config) or {"max_connections": current_max_connections or "100"}
+    bouncer = dict(row.pg_bouncer_config) or {"default_pool_size": "20"}
+    return {"pgConfig": pg, "pgBouncerConfig": bouncer}
+
+
+def restart_message(pending: list[str]) -> str:
+    # The documented wording (API-NOTES §5.9).
+    return (
+        "The changes in the following parameters require a database restart to take effect: "
+        f"{', '.join(pending)}. You can restart the database by using the restart endpoint."
+    )
+
+
+# -- the app --------------------------------------------------------------------
+
+
+class Sandbox:
+    """The routes' shared state: settings, credentials, store and lifecycle."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = SandboxHome(settings.home)
+        self.home.ensure()
+        self.creds = self.home.credentials()
+        self.store = Store(self.home.db_path)
+        self.life = Lifecycle(settings, self.store, self.home.clusters_dir, self.creds.org_id)
+
+    # -- auth and lookup --
+
+    def check_auth(self, request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        try:
+            user, _, secret = base64.b64decode(token, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            user, secret = "", ""
+        good = hmac.compare_digest(user.encode(), self.creds.key_id.encode()) & hmac.compare_digest(
+            secret.encode(), self.creds.key_secret.encode()
+        )
+        if scheme.lower() != "basic" or not good:
+            raise APIError(
+                401,
+                "Unauthorized: invalid or missing API key (use HTTP Basic auth with key ID and secret)",
+                {"WWW-Authenticate": 'Basic realm="ClickHouse Cloud API"'},
+            )
+
+    def org(self, request: Request) -> str:
+        org_id = request.path_params["org_id"]
+        if org_id != self.creds.org_id:
+            raise APIError(404, f"NOT_FOUND: organization {org_id} not found")
+        return org_id
+
+    def service(self, request: Request) -> ServiceRow:
+        self.org(request)
+        service_id = request.path_params["service_id"]
+        try:
+            uuid.UUID(service_id)
+        except ValueError:
+            raise bad_request(f"BAD_REQUEST: postgresId: '{service_id}' is not a UUID") from None
+        row = self.store.get(service_id)
+        if row is None:
+            raise APIError(404, f"NOT_FOUND: Postgres service {service_id} not found")
+        return row
+
+    # -- organizations --
+
+    def organization(self) -> dict[str, Any]:
+        return {
+            "id": self.creds.org_id,
+            "name": "pgcloud-nb sandbox",
+            "createdAt": "2026-01-01T00:00:00Z",
+            "privateEndpoints": [],
+            "byocConfig": [],
+        }
+
+    async def list_orgs(self, request: Request) -> Response:
+        return ok([self.organization()])
+
+    async def get_org(self, request: Request) -> Response:
+        self.org(request)
+        return ok(self.organization())
+
+    # -- services CRUD --
+
+    async def list_services(self, request: Request) -> Response:
+        self.org(request)
+        return ok([list_item(r) for r in self.store.list()])
+
+    async def create_service(self, request: Request) -> Response:
+        self.org(request)
+        body = await json_body(request, "PostgresServicePostRequest")
+        row, password = self.life.new_row(body)
+        # The one answer that carries the credentials (API-NOTES §7).
+        view = {**service_view(row), "password": password,
+                "connectionString": connection_string(row, password)}
+        return ok(view)
+
+    async def get_service(self, request: Request) -> Response:
+        return ok(service_view(self.service(request)))
+
+    async def patch_service(self, request: Request) -> Response:
+        row = self.service(request)
+        body = await json_body(request, "PostgresServicePatchRequest")
+        if row.state == "deleting":
+            raise Conflict("Service is deleting.")
+        if not row.is_primary and {"size", "haType", "tags"} & body.keys():
+            raise bad_request("BAD_REQUEST: read replicas do not accept size, haType or tags changes")
+        changes: dict[str, Any] = {}
+        if "size" in body:
+            changes["size"] = body["size"]
+        if "haType" in body:
+            changes["ha_type"] = body["haType"]
+        if "tags" in body:  # replaced wholesale; an omitted field stays as it is
+            changes["tags"] = body["tags"]
+        if "name" in body and body["name"] != row.name:
+            row = await self.life.rename(row, body["name"])
+        updated = self.store.update(row.id, **changes)
+        assert updated is not None
+        return ok(service_view(updated))
+
+    async def delete_service(self, request: Request) -> Response:
+        row = self.service(request)
+        await self.life.delete(row)
+        return JSONResponse(envelope(200))
+
+    # -- certificates, password, state --
+
+    async def ca_certificates(self, request: Request) -> Response:
+        row = self.service(request)
+        pem = await self.life.run(self.life.cluster(row).ca_pem)
+        return Response(
+            pem,
+            media_type="application/x-pem-file",
+            headers={"Content-Disposition": 'attachment; filename="postgres-ca-certificate.pem"'},
+        )
+
+    async def set_password(self, request: Request) -> Response:
+        row = self.service(request)
+        body = await json_body(request, "PostgresServiceSetPassword")
+        given = body.get("password")
+        password = given if given is not None else generate_password()
+        await self.life.set_password(row, password)
+        # The new password comes back only when the server made it (API-NOTES §5.8).
+        return ok({} if given is not None else {"password": password})
+
+    async def set_state(self, request: Request) -> Response:
+        row = self.service(request)
+        body = await json_body(request, "PostgresServiceSetState", required=("command",))
+        command = body["command"]
+        if command == "restart":
+            return ok(service_view(await self.life.restart(row)))
+        if command == "promote":
+            if row.is_primary:  # API-NOTES §6: probably 400 [U]
+                raise bad_request("BAD_REQUEST: only a read replica can be promoted; this service is a primary")
+            raise bad_request(f"BAD_REQUEST: promote {LATER}")
+        return ok(service_view(await self.life.switchover(row)))
+
+    # -- config --
+
+    async def _current_max_connections(self, row: ServiceRow) -> str | None:
+        if row.pg_config or row.state != "running":
+            return None
+
+        def show() -> str:
+            with self.life.cluster(row).connect() as conn:
+                found = conn.execute("SHOW max_connections").fetchone()
+                return str(found[0]) if found else "100"
+
+        try:
+            return await self.life.run(show)
+        except Exception:
+            return None
+
+    async def get_config(self, request: Request) -> Response:
+        row = self.service(request)
+        return ok(config_view(row, await self._current_max_connections(row)))
+
+    async def write_config(self, request: Request) -> Response:
+        row = self.service(request)
+        body = await json_body_config(request)
+        pg = {k: str(v) for k, v in body["pgConfig"].items()}
+        bouncer = dict(body["pgBouncerConfig"])
+        if request.method == "PATCH":  # merge; POST replaces both sections
+            pg = {**row.pg_config, **pg}
+            bouncer = {**row.pg_bouncer_config, **bouncer}
+        try:
+            pending = await self.life.apply_config(row, pg, bouncer)
+        except engine.ConfigValueError as exc:
+            raise bad_request(f"BAD_REQUEST: request body.pgConfig.{exc.param}: {exc.message}") from None
+        updated = self.store.get(row.id)
+        assert updated is not None
+        result = config_view(updated, await self._current_max_connections(updated))
+        if pending:  # `message` only when a restart is needed (API-NOTES §5.9)
+            result["message"] = restart_message(pending)
+        return ok(result)
+
+    # -- metrics --
+
+    async def metrics(self, request: Request) -> Response:
+        row = self.service(request)
+        start = parse_date(request, "from_date")
+        end = parse_date(request, "to_date")
+        assert start is not None and end is not None
+        bucket = parse_int(request, "bucket_size_seconds", minimum=1)
+        try:
+            size = telemetry.plan_buckets(start.timestamp(), end.timestamp(), bucket)
+        except ValueError as exc:
+            raise bad_request(f"BAD_REQUEST: {exc}") from None
+        rows = self.store.samples(row.id, start.timestamp() - size, end.timestamp())
+        samples = [telemetry.Sample.from_dict(d) for d in rows]
+        return ok(telemetry.metrics_json(samples, start.timestamp(), end.timestamp(), size))
+
+    async def _latest(self, row: ServiceRow) -> telemetry.Sample | None:
+        if row.state != "running":
+            return None
+        data = self.store.latest_sample(row.id) or await self.life.sample(row)
+        return telemetry.Sample.from_dict(data) if data else None
+
+    async def _exposition(self, rows: list[ServiceRow]) -> Response:
+        samples = await asyncio.gather(*(self._latest(r) for r in rows))
+        entries = [
+            (
+                telemetry.ServiceLabels(
+                    org_id=self.creds.org_id,
+                    service_id=r.id,
+                    service_name=r.name,
+                    status=r.state,
+                    version=r.postgres_version,
+                ),
+                s,
+            )
+            for r, s in zip(rows, samples, strict=True)
+        ]
+        text = telemetry.render_prometheus(entries)
+        return Response(text, headers={"content-type": PROMETHEUS_TYPE})
+
+    async def org_prometheus(self, request: Request) -> Response:
+        self.org(request)
+        return await self._exposition(self.store.list()[:ORG_PROMETHEUS_MAX])
+
+    async def service_prometheus(self, request: Request) -> Response:
+        return await self._exposition([self.service(request)])
+
+    # -- the later issue's operations --
+
+    async def not_yet(self, request: Request) -> Response:
+        self.service(request)
+        what = request.url.path.rsplit("/", 1)[-1]
+        schema = {"readReplica": "PostgresServiceReadReplicaRequest",
+                  "restoredService": "PostgresServiceRestoreRequest"}.get(what)
+        if schema:  # still refuse bad input with the field's name first
+            await json_body(request, schema)
+        raise bad_request(f"BAD_REQUEST: {what} {LATER}")
+
+
+async def json_body_config(request: Request) -> dict[str, Any]:
+    """Config writes accept an empty section, as the real API and the seed's
+    ``"pgBouncerConfig":{}`` do, although the spec says minProperties 1."""
+    try:
+        return await json_body(request, "postgresInstanceConfig")
+    except APIError as exc:
+        raw = json.loads(await request.body() or b"{}")
+        errors = [
+            e for e in spec.validate_body("postgresInstanceConfig", raw)
+            if not (e.field in ("pgConfig", "pgBouncerConfig") and raw.get(e.field) == {})
+        ]
+        if errors:
+            raise bad_request("; ".join(str(e) for e in errors)) from exc
+        assert isinstance(raw, dict)
+        return raw
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    sb = Sandbox(settings)
+
+    def authed(handler: Handler) -> Handler:
+        async def wrapped(request: Request) -> Response:
+            sb.check_auth(request)
+            return await handler(request)
+
+        return wrapped
+
+    routes = [
+        Route("/v1/organizations", authed(sb.list_orgs), methods=["GET"]),
+        Route(ORG_PATH, authed(sb.get_org), methods=["GET"]),
+        Route(PG, authed(sb.list_services), methods=["GET"]),
+        Route(PG, authed(sb.create_service), methods=["POST"]),
+        Route(PG + "/prometheus", authed(sb.org_prometheus), methods=["GET"]),
+        Route(SVC, authed(sb.get_service), methods=["GET"]),
+        Route(SVC, authed(sb.patch_service), methods=["PATCH"]),
+        Route(SVC, authed(sb.delete_service), methods=["DELETE"]),
+        Route(SVC + "/caCertificates", authed(sb.ca_certificates), methods=["GET"]),
+        Route(SVC + "/password", authed(sb.set_password), methods=["PATCH"]),
+        Route(SVC + "/state", authed(sb.set_state), methods=["PATCH"]),
+        Route(SVC + "/config", authed(sb.get_config), methods=["GET"]),
+        Route(SVC + "/config", authed(sb.write_config), methods=["POST", "PATCH"]),
+        Route(SVC + "/metrics", authed(sb.metrics), methods=["GET"]),
+        Route(SVC + "/prometheus", authed(sb.service_prometheus), methods=["GET"]),
+        Route(SVC + "/readReplica", authed(sb.not_yet), methods=["POST"]),
+        Route(SVC + "/restoredService", authed(sb.not_yet), methods=["POST"]),
+        Route(SVC + "/slowQueryPatterns", authed(sb.not_yet), methods=["GET"]),
+        Route(SVC + "/slowQueryPatterns/{query_id}", authed(sb.not_yet), methods=["GET"]),
+        Route(SVC + "/logs", authed(sb.not_yet), methods=["GET"]),
+    ]
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, APIError)
+        return JSONResponse(envelope(exc.status, error=exc.message), exc.status, headers=exc.headers)
+
+    async def conflict(request: Request, exc: Exception) -> Response:
+        return JSONResponse(envelope(409, error=f"CONFLICT: {exc}"), 409)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        # No path answers without auth: an unknown path is a 404 only for a good key.
+        try:
+            sb.check_auth(request)
+        except APIError as denied:
+            return await api_error(request, denied)
+        text = {404: "NOT_FOUND: no such path", 405: "METHOD_NOT_ALLOWED"}.get(
+            exc.status_code, exc.detail
+        )
+        return JSONResponse(envelope(exc.status_code, error=text), exc.status_code)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(envelope(500, error="INTERNAL_ERROR: the sandbox failed; see server.log"), 500)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await sb.life.resume()
+        sampler = asyncio.get_running_loop().create_task(sb.life.sample_forever())
+        try:
+            yield
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            await sb.life.shutdown()
+            sb.store.close()
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(faults.FaultMiddleware, settings=settings)],
+        exception_handlers={
+            APIError: api_error,
+            Conflict: conflict,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.sandbox = sb
+    return app

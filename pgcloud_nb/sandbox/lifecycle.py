@@ -1,0 +1,366 @@
+"""Service lifecycle: the state machine of API-NOTES §6 driven over real clusters.
+
+Routes validate and answer at once; the slow part (initdb, start, restart,
+removal) runs as an asyncio task that calls the synchronous engine in a worker
+thread, and moves the service's state in the store as it goes. Each service has
+one lock, so a restart, a config write and a delete never interleave.
+
+On start-up :meth:`Lifecycle.resume` brings every stored service back to the
+state it had: a create cut short by a crash is redone from scratch (its
+password was kept for that), running services are adopted or started, and a
+delete cut short is finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import shutil
+import string
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from anyio import to_thread
+
+from pgcloud_nb.sandbox import engine, telemetry
+from pgcloud_nb.sandbox.settings import Settings
+from pgcloud_nb.sandbox.store import ServiceRow, Store
+from pgcloud_nb.sizes import size_spec
+
+__all__ = ["Conflict", "Lifecycle", "generate_password"]
+
+log = logging.getLogger("pgcloud_nb.sandbox")
+T = TypeVar("T")
+
+# Samples older than this are dropped; the real API keeps about a month of metrics.
+SAMPLE_RETENTION_S = 30 * 24 * 3600
+# States from which an operation may start; others are a transition in flight.
+SETTLED = {"running", "unavailable", "stopped"}
+
+
+class Conflict(Exception):
+    """The service's state does not allow the operation now (answered as 409)."""
+
+
+def generate_password(length: int = 24) -> str:
+    """A password that meets ``pgPassword``: lower, upper and digit, URL-safe."""
+    alphabet = string.ascii_letters + string.digits
+    while True:
+        pw = "".join(secrets.choice(alphabet) for _ in range(length))
+        if any(c.islower() for c in pw) and any(c.isupper() for c in pw) and any(
+            c.isdigit() for c in pw
+        ):
+            return pw
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "pg"
+
+
+def make_hostname(name: str, service_id: str, region: str, provider: str) -> str:
+    """The real hostname's shape (API-NOTES §5.1) under ``.localhost``.
+
+    ``*.localhost`` is reserved for loopback (RFC 6761) but not every resolver
+    maps it, so connection strings also carry ``hostaddr=127.0.0.1``; the name
+    still matters to TLS, whose certificate lists it.
+    """
+    cluster = "pg" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(24))
+    region = re.sub(r"[^a-z0-9-]+", "-", region.lower()).strip("-") or "local"
+    return f"{_slug(name)}-{service_id[:8]}.{cluster}.c0.{region}.{provider}.pg.sandbox.localhost"
+
+
+def rename_hostname(hostname: str, name: str, service_id: str) -> str:
+    """Renaming changes the hostname's first label (spec: PATCH name)."""
+    _, _, rest = hostname.partition(".")
+    return f"{_slug(name)}-{service_id[:8]}.{rest}"
+
+
+def connection_string(row: ServiceRow, password: str) -> str:
+    return (
+        f"postgres://{row.username}:{password}@{row.hostname}:{row.port}/postgres"
+        "?hostaddr=127.0.0.1&channel_binding=require"
+    )
+
+
+class Lifecycle:
+    def __init__(self, settings: Settings, store: Store, clusters_dir: Path, org_id: str) -> None:
+        self.settings = settings
+        self.store = store
+        self.org_id = org_id
+        self.clusters_dir = engine.usable_clusters_dir(clusters_dir)
+        self.template_dir = self.clusters_dir / ".template"
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._counters: dict[str, telemetry.ProcessCounters] = {}
+
+    # -- plumbing ---------------------------------------------------------
+
+    def cluster(self, row: ServiceRow) -> engine.Cluster:
+        return engine.Cluster(self.clusters_dir / row.id, row.port)
+
+    def lock(self, service_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(service_id, asyncio.Lock())
+
+    def spawn(self, coro: Awaitable[Any], what: str) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sandbox task failed: %s", what)
+
+        task = asyncio.get_running_loop().create_task(guarded(), name=what)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def run(fn: Callable[..., T], *args: Any) -> T:
+        return await to_thread.run_sync(fn, *args)
+
+    def _free_port(self) -> int:
+        used = self.store.used_ports()
+        for _ in range(50):
+            port = engine.free_port()
+            if port not in used:
+                return port
+        raise RuntimeError("no free TCP port for a new service")
+
+    # -- create -----------------------------------------------------------
+
+    def new_row(self, body: dict[str, Any]) -> tuple[ServiceRow, str]:
+        """Record a new service in state ``creating``; provisioning starts after."""
+        service_id = str(uuid.uuid4())
+        password = generate_password()
+        row = ServiceRow(
+            id=service_id,
+            name=body["name"],
+            provider=body["provider"],
+            region=body["region"],
+            # The docs call 17 the default when omitted (API-NOTES §4).
+            postgres_version=str(body.get("postgresVersion", "17")),
+            size=body["size"],
+            ha_type=body.get("haType", "none"),
+            tags=list(body.get("tags", [])),
+            state="creating",
+            created_at=datetime.now(UTC).replace(microsecond=0).isoformat(),
+            is_primary=True,
+            hostname=make_hostname(body["name"], service_id, body["region"], body["provider"]),
+            username="postgres",
+            port=self._free_port(),
+            pg_config={k: str(v) for k, v in body.get("pgConfig", {}).items()},
+            pg_bouncer_config=dict(body.get("pgBouncerConfig", {})),
+            pending_password=password,
+        )
+        self.store.insert(row)
+        self.spawn(self.provision(service_id), f"provision {service_id}")
+        return row, password
+
+    async def provision(self, service_id: str) -> None:
+        async with self.lock(service_id):
+            row = self.store.get(service_id)
+            if row is None or row.state != "creating":
+                return
+            cluster = self.cluster(row)
+            try:
+                await self.run(self._build, cluster, row)
+            except Exception as exc:
+                log.error("service %s failed to start: %s", service_id, exc)
+                await self.run(cluster.remove)
+                self.store.update(service_id, state="unavailable", pending_password=None)
+                return
+            if self.settings.provisioning_delay:
+                await asyncio.sleep(self.settings.provisioning_delay)
+            # Running only now that the server accepts connections.
+            self.store.update(service_id, state="running", pending_password=None)
+
+    def _build(self, cluster: engine.Cluster, row: ServiceRow) -> None:
+        if cluster.root.exists():  # a create cut short: start again from nothing
+            cluster.remove()
+        assert row.pending_password is not None
+        cluster.init(row.pending_password, hostnames=[row.hostname], template_dir=self.template_dir)
+        cluster.start()
+        if row.pg_config:
+            cluster.apply_config(row.pg_config)
+            if cluster.pending_restart():  # settings given at create take effect at once
+                cluster.restart()
+
+    # -- delete -----------------------------------------------------------
+
+    async def delete(self, row: ServiceRow) -> None:
+        if row.state == "deleting":
+            return
+        if row.state not in SETTLED:
+            # API-NOTES §1: 409 on DELETE while a transition is in flight.
+            raise Conflict(f"Service is {row.state}; delete it once the operation completes.")
+        self.store.update(row.id, state="deleting")
+        self.spawn(self.remove(row.id), f"delete {row.id}")
+
+    async def remove(self, service_id: str) -> None:
+        async with self.lock(service_id):
+            row = self.store.get(service_id)
+            if row is None:
+                return
+            await self.run(self.cluster(row).remove)
+            self.store.delete(service_id)
+            self._counters.pop(service_id, None)
+        self._locks.pop(service_id, None)
+
+    # -- state commands ---------------------------------------------------
+
+    def require_running(self, row: ServiceRow, action: str) -> None:
+        if row.state != "running":
+            raise Conflict(f"Service is {row.state}; {action} needs it to be running.")
+
+    async def restart(self, row: ServiceRow) -> ServiceRow:
+        self.require_running(row, "a restart")
+        updated = self.store.update(row.id, state="restarting")
+        assert updated is not None
+        self.spawn(self._restart(row.id), f"restart {row.id}")
+        return updated
+
+    async def _restart(self, service_id: str) -> None:
+        async with self.lock(service_id):
+            row = self.store.get(service_id)
+            if row is None:
+                return
+            try:
+                await self.run(self.cluster(row).restart)
+            except Exception as exc:
+                log.error("service %s failed to restart: %s", service_id, exc)
+                self.store.update(service_id, state="unavailable")
+                return
+            self.store.update(service_id, state="running")
+
+    async def switchover(self, row: ServiceRow) -> ServiceRow:
+        """Without a standby, the real API replaces the primary with a fresh server
+        and switches to it (API-NOTES §6); here that is a fast restart of the same
+        data under the same address. ``state`` stays ``running``: not observable."""
+        self.require_running(row, "a switchover")
+        self.spawn(self._switch(row.id), f"switchover {row.id}")
+        return row
+
+    async def _switch(self, service_id: str) -> None:
+        async with self.lock(service_id):
+            row = self.store.get(service_id)
+            if row is not None and row.state == "running":
+                await self.run(self.cluster(row).restart)
+
+    # -- password and config -----------------------------------------------
+
+    async def set_password(self, row: ServiceRow, password: str) -> None:
+        self.require_running(row, "a password reset")
+        async with self.lock(row.id):
+            await self.run(self.cluster(row).set_password, password)
+
+    async def apply_config(
+        self, row: ServiceRow, pg_config: dict[str, str], bouncer: dict[str, str]
+    ) -> list[str]:
+        """Apply a whole new user config; returns what still needs a restart.
+
+        The engine refuses a value PostgreSQL rejects and puts the old file
+        back, so the store is written only after the server took the change.
+        """
+        self.require_running(row, "changing the configuration")
+        async with self.lock(row.id):
+            pending = await self.run(self.cluster(row).apply_config, pg_config)
+            self.store.update(row.id, pg_config=pg_config, pg_bouncer_config=bouncer)
+        return pending
+
+    async def rename(self, row: ServiceRow, name: str) -> ServiceRow:
+        """A new name means a new hostname and a new server certificate (spec)."""
+        self.require_running(row, "a rename")
+        hostname = rename_hostname(row.hostname, name, row.id)
+        async with self.lock(row.id):
+            await self.run(self.cluster(row).reissue_certificate, [hostname])
+        updated = self.store.update(row.id, name=name, hostname=hostname)
+        assert updated is not None
+        return updated
+
+    # -- telemetry --------------------------------------------------------
+
+    def counters(self, row: ServiceRow) -> telemetry.ProcessCounters:
+        acc = self._counters.get(row.id)
+        if acc is None:
+            acc = telemetry.ProcessCounters.from_dict(row.counters or {})
+            self._counters[row.id] = acc
+        return acc
+
+    def _collect(self, row: ServiceRow) -> telemetry.Sample | None:
+        cluster = self.cluster(row)
+        pid = cluster.postmaster_pid()
+        spec = size_spec(row.size)
+        if pid is None or spec is None:
+            return None
+        with cluster.connect() as conn:
+            return telemetry.collect(conn, pid, cluster.pgdata, spec, self.counters(row))
+
+    async def sample(self, row: ServiceRow) -> dict[str, Any] | None:
+        """Take one sample of a running service and store it."""
+        async with self.lock(row.id):
+            current = self.store.get(row.id)
+            if current is None or current.state != "running":
+                return None
+            try:
+                found = await self.run(self._collect, current)
+            except Exception as exc:  # a server mid-restart cannot be sampled
+                log.warning("sampling %s failed: %s", row.id, exc)
+                return None
+            if found is None:
+                return None
+            data = found.to_dict()
+            self.store.add_sample(row.id, found.taken_at, data, self.counters(row).to_dict())
+            return data
+
+    async def sample_forever(self) -> None:
+        last_prune = 0.0
+        while True:
+            for row in self.store.list():
+                if row.state == "running":
+                    await self.sample(row)
+            if time.time() - last_prune > 3600:
+                self.store.prune_samples(time.time() - SAMPLE_RETENTION_S)
+                last_prune = time.time()
+            await asyncio.sleep(self.settings.sample_interval)
+
+    # -- start-up and shut-down -------------------------------------------
+
+    async def resume(self) -> None:
+        """Bring each stored service back to its recorded state (after a crash too)."""
+        for row in self.store.list():
+            if row.state == "creating":
+                self.spawn(self.provision(row.id), f"provision {row.id}")
+            elif row.state == "deleting":
+                self.spawn(self.remove(row.id), f"delete {row.id}")
+            elif row.state in ("running", "restarting"):
+                self.spawn(self._ensure_started(row.id), f"resume {row.id}")
+
+    async def _ensure_started(self, service_id: str) -> None:
+        async with self.lock(service_id):
+            row = self.store.get(service_id)
+            if row is None:
+                return
+            cluster = self.cluster(row)
+            try:
+                if not await self.run(cluster.is_running):
+                    await self.run(cluster.start)
+            except Exception as exc:
+                log.error("service %s could not be resumed: %s", service_id, exc)
+                self.store.update(service_id, state="unavailable")
+                return
+            self.store.update(service_id, state="running")
+
+    async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.run(engine.stop_all, self.clusters_dir)
+
+    def purge_template(self) -> None:
+        shutil.rmtree(self.template_dir, ignore_errors=True)

@@ -1,0 +1,205 @@
+"""The sandbox's persistent state: one SQLite file in the sandbox home.
+
+Every change is one transaction, so a sandbox killed with ``kill -9`` comes back
+with each service in the state it last reached. SQLite runs in WAL mode with
+``synchronous=NORMAL``: a committed change survives a killed process, which is
+the failure the sandbox has to survive (not a power cut).
+
+A service's clear password is kept only while it is being created
+(``pending_password``), so that a create interrupted by a crash can finish with
+the password its response already promised; it is cleared once PostgreSQL has
+it. The file is mode 0600 inside a 0700 home.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ServiceRow", "Store"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS services (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    region TEXT NOT NULL,
+    postgres_version TEXT NOT NULL,
+    size TEXT NOT NULL,
+    ha_type TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    is_primary INTEGER NOT NULL,
+    hostname TEXT NOT NULL,
+    username TEXT NOT NULL,
+    port INTEGER NOT NULL UNIQUE,
+    pg_config TEXT NOT NULL,
+    pg_bouncer_config TEXT NOT NULL,
+    pending_password TEXT,
+    counters TEXT NOT NULL DEFAULT '{}',
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    service_id TEXT NOT NULL,
+    taken_at REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_by_service ON samples (service_id, taken_at);
+"""
+
+_JSON_FIELDS = ("tags", "pg_config", "pg_bouncer_config", "counters")
+
+
+@dataclass
+class ServiceRow:
+    id: str
+    name: str
+    provider: str
+    region: str
+    postgres_version: str
+    size: str
+    ha_type: str
+    state: str
+    created_at: str
+    is_primary: bool
+    hostname: str
+    username: str
+    port: int
+    tags: list[dict[str, str]] = field(default_factory=list)
+    pg_config: dict[str, str] = field(default_factory=dict)
+    pg_bouncer_config: dict[str, str] = field(default_factory=dict)
+    pending_password: str | None = field(default=None, repr=False)
+    counters: dict[str, Any] = field(default_factory=dict, repr=False)
+    seq: int = 0  # creation order, so lists are stable
+
+
+_COLUMNS = tuple(f.name for f in fields(ServiceRow))
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fresh = not path.exists()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        if fresh:
+            os.chmod(path, 0o600)
+        self._lock = threading.RLock()  # one connection shared by the loop and worker threads
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- services ---------------------------------------------------------
+
+    @staticmethod
+    def _row(values: tuple[Any, ...]) -> ServiceRow:
+        kw = dict(zip(_COLUMNS, values, strict=True))
+        for name in _JSON_FIELDS:
+            kw[name] = json.loads(kw[name])
+        kw["is_primary"] = bool(kw["is_primary"])
+        return ServiceRow(**kw)
+
+    def insert(self, row: ServiceRow) -> ServiceRow:
+        with self.transaction() as db:
+            row.seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM services").fetchone()[0]
+            data = asdict(row)
+            for name in _JSON_FIELDS:
+                data[name] = json.dumps(data[name])
+            marks = ", ".join("?" for _ in _COLUMNS)
+            db.execute(
+                f"INSERT INTO services ({', '.join(_COLUMNS)}) VALUES ({marks})",
+                [data[c] for c in _COLUMNS],
+            )
+        return row
+
+    def get(self, service_id: str) -> ServiceRow | None:
+        with self._lock:
+            cur = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM services WHERE id = ?", (service_id,)
+            )
+            found = cur.fetchone()
+        return self._row(found) if found else None
+
+    def list(self) -> list[ServiceRow]:
+        with self._lock:
+            cur = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM services ORDER BY seq")
+            return [self._row(r) for r in cur.fetchall()]
+
+    def update(self, service_id: str, **changes: Any) -> ServiceRow | None:
+        """Set the given columns of one service; returns the row as it now is."""
+        unknown = set(changes) - set(_COLUMNS)
+        if unknown:
+            raise KeyError(f"unknown service columns: {sorted(unknown)}")
+        if changes:
+            values = [json.dumps(v) if k in _JSON_FIELDS else v for k, v in changes.items()]
+            sets = ", ".join(f"{k} = ?" for k in changes)
+            with self.transaction() as db:
+                db.execute(f"UPDATE services SET {sets} WHERE id = ?", [*values, service_id])
+        return self.get(service_id)
+
+    def delete(self, service_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM services WHERE id = ?", (service_id,))
+            db.execute("DELETE FROM samples WHERE service_id = ?", (service_id,))
+
+    def used_ports(self) -> set[int]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT port FROM services")}
+
+    # -- telemetry samples ------------------------------------------------
+
+    def add_sample(self, service_id: str, taken_at: float, data: dict[str, Any],
+                   counters: dict[str, Any]) -> None:
+        """Store one sample and the counter state it advanced, atomically."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO samples (service_id, taken_at, data) VALUES (?, ?, ?)",
+                (service_id, taken_at, json.dumps(data)),
+            )
+            db.execute(
+                "UPDATE services SET counters = ? WHERE id = ?", (json.dumps(counters), service_id)
+            )
+
+    def samples(self, service_id: str, since: float, until: float) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT data FROM samples WHERE service_id = ? AND taken_at >= ? AND taken_at < ?"
+                " ORDER BY taken_at",
+                (service_id, since, until),
+            )
+            return [json.loads(r[0]) for r in cur.fetchall()]
+
+    def latest_sample(self, service_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT data FROM samples WHERE service_id = ? ORDER BY taken_at DESC LIMIT 1",
+                (service_id,),
+            )
+            found = cur.fetchone()
+        return json.loads(found[0]) if found else None
+
+    def prune_samples(self, older_than: float) -> int:
+        with self.transaction() as db:
+            return db.execute("DELETE FROM samples WHERE taken_at < ?", (older_than,)).rowcount
