@@ -1,0 +1,120 @@
+"""Where the API key comes from, in the order connect() tries.
+
+1. keyword arguments (``source="arguments"``);
+2. ``CLICKHOUSE_CLOUD_API_KEY`` / ``CLICKHOUSE_CLOUD_API_SECRET`` in the
+   environment (``"environment"``; the names clickhousectl uses);
+3. the same keys in ``.env`` in the working directory (``".env"``), read with
+   ``dotenv_values``: only ``CLICKHOUSE_*`` keys are looked at and ``os.environ``
+   is left alone;
+4. none of these: the local sandbox (``"sandbox"``), attached or started.
+
+``CLICKHOUSE_ORG_ID`` and ``CLICKHOUSE_API_URL`` are read from the same place
+as the key (arguments win). The secret is kept in a :class:`pydantic.SecretStr`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from .errors import ConfigurationError, remember_secret
+
+__all__ = ["DEFAULT_BASE_URL", "ResolvedCredentials", "resolve"]
+
+DEFAULT_BASE_URL = "https://api.clickhouse.cloud"
+KEY_VAR = "CLICKHOUSE_CLOUD_API_KEY"
+SECRET_VAR = "CLICKHOUSE_CLOUD_API_SECRET"
+ORG_VAR = "CLICKHOUSE_ORG_ID"
+URL_VAR = "CLICKHOUSE_API_URL"
+
+
+@dataclass(frozen=True)
+class ResolvedCredentials:
+    key_id: str
+    key_secret: SecretStr
+    base_url: str
+    source: str  # "arguments", "environment", ".env" or "sandbox"
+    org_id: str | None = None  # None: ask GET /v1/organizations
+
+
+def _read_env_file(env_file: str | os.PathLike[str] | None) -> dict[str, str]:
+    if env_file is None:
+        return {}
+    path = Path(env_file)
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values  # only needed when a .env exists
+
+    values = dotenv_values(path)
+    return {k: v for k, v in values.items() if k.startswith("CLICKHOUSE_") and v}
+
+
+def _pair(values: Mapping[str, str | None], where: str) -> tuple[str, str] | None:
+    key, secret = values.get(KEY_VAR), values.get(SECRET_VAR)
+    if key and secret:
+        return key, secret
+    if key or secret:
+        missing = SECRET_VAR if key else KEY_VAR
+        raise ConfigurationError(f"{where} sets only half of the API key: {missing} is missing")
+    return None
+
+
+def resolve(
+    api_key: str | None = None,
+    api_secret: str | SecretStr | None = None,
+    *,
+    org_id: str | None = None,
+    base_url: str | None = None,
+    env_file: str | os.PathLike[str] | None = ".env",
+    sandbox: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ResolvedCredentials:
+    """Find the key. ``sandbox=True`` forces the sandbox, ``False`` forbids it."""
+    env = os.environ if environ is None else environ
+    if isinstance(api_secret, SecretStr):
+        api_secret = api_secret.get_secret_value()
+    if sandbox is not True:
+        found: tuple[str, str, str, Mapping[str, str | None]] | None = None
+        if api_key or api_secret:
+            if not (api_key and api_secret):
+                raise ConfigurationError("pass both api_key and api_secret, or neither")
+            found = (api_key, api_secret, "arguments", env)
+        elif pair := _pair(env, "the environment"):
+            found = (*pair, "environment", env)
+        elif pair := _pair(dotenv := _read_env_file(env_file), str(env_file)):
+            found = (*pair, ".env", dotenv)
+        if found:
+            key, secret, source, origin = found
+            remember_secret(secret)
+            return ResolvedCredentials(
+                key_id=key,
+                key_secret=SecretStr(secret),
+                base_url=(base_url or origin.get(URL_VAR) or env.get(URL_VAR) or DEFAULT_BASE_URL),
+                source=source,
+                org_id=org_id or origin.get(ORG_VAR) or env.get(ORG_VAR) or None,
+            )
+        if sandbox is False:
+            raise ConfigurationError(
+                f"no API key: pass api_key/api_secret, set {KEY_VAR} and {SECRET_VAR}, "
+                f"or put them in {env_file or '.env'}"
+            )
+    return _sandbox(org_id, base_url)
+
+
+def _sandbox(org_id: str | None, base_url: str | None) -> ResolvedCredentials:
+    # Imported here: the sandbox pulls in starlette, uvicorn and PostgreSQL tooling.
+    from .sandbox import ensure_running
+
+    info = ensure_running()
+    remember_secret(info.key_secret)
+    return ResolvedCredentials(
+        key_id=info.key_id,
+        key_secret=SecretStr(info.key_secret),
+        base_url=base_url or info.url,
+        source="sandbox",
+        org_id=org_id or info.org_id,
+    )

@@ -1,0 +1,258 @@
+"""Sending one API call: budget, auth, envelope, status → error, retries.
+
+The one function that turns an answer into a result or an error lives here,
+as in stripe's ``_api_requestor``. Every attempt first takes a slot from the
+key's shared :class:`~pgcloud_nb.ratelimit.Budget`.
+
+Retry rules:
+
+- 429: wait ``Retry-After`` / ``X-RateLimit-Reset`` (else backoff), pause the
+  whole budget for that long, retry. A 429 means the request was not served,
+  so even a create is safe to resend.
+- 5xx and transport failures: exponential backoff with full jitter, inside the
+  policy's total deadline. If the call is not idempotent (create, restore,
+  replica) and may have reached the server, ``recover`` runs first: it looks
+  for what the lost call created, and only when it finds nothing is the call
+  sent again.
+- any other 4xx: raised at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from .__about__ import __version__
+from .errors import (
+    APIError,
+    PgCloudError,
+    RateLimitError,
+    TransportError,
+    UnexpectedResponseError,
+    safe_url,
+    snippet,
+    status_error,
+)
+from .ratelimit import Budget, RetryPolicy, retry_after_seconds
+
+__all__ = ["Requester", "When", "iso_time", "parse_model", "parse_models"]
+
+log = logging.getLogger("pgcloud_nb.http")
+
+M = TypeVar("M", bound=BaseModel)
+When = datetime | str | timedelta
+
+# Failures raised before a byte of the request left: resending can never duplicate anything.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+class Requester:
+    """Sends calls for one key; shared by a Client and everything built on it."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        key_id: str,
+        key_secret: str,
+        budget: Budget,
+        policy: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.budget = budget
+        self.policy = policy or RetryPolicy()
+        self._http = httpx.Client(
+            base_url=base_url,
+            auth=httpx.BasicAuth(key_id, key_secret),
+            transport=transport,
+            timeout=timeout,
+            headers={"Accept": "application/json", "User-Agent": f"pgcloud-nb/{__version__}"},
+        )
+        self._lock = threading.Lock()
+        self.request_count = 0  # attempts actually sent
+        self.retries = 0
+        self.rate_limited = 0  # 429s received (and absorbed, unless they ran out of retries)
+        self.last_request_id: str | None = None
+        self.sleep: Callable[[float], None] = time.sleep  # tests swap these
+        self.clock: Callable[[], float] = time.monotonic
+
+    def close(self) -> None:
+        self._http.close()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        text: bool = False,
+        result: bool = True,
+        recover: Callable[[], Any] | None = None,
+        gone_ok: bool = False,
+    ) -> Any:
+        """The envelope's ``result`` (or the text body when ``text``).
+
+        ``result=False``: the answer has no result (DELETE). ``recover``: the call
+        is not idempotent; see the module docstring. ``gone_ok``: a 404 after a
+        retried attempt means the first attempt did the job (DELETE).
+        """
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        deadline = self.clock() + self.policy.deadline
+        attempt = 0
+        maybe_done = False  # an earlier attempt may have been served
+        while True:
+            attempt += 1
+            self.budget.acquire()
+            with self._lock:
+                self.request_count += 1
+            started = self.clock()
+            wait: float | None = None
+            try:
+                response = self._http.request(method, path, params=params, json=json)
+            except httpx.HTTPError as exc:
+                sent = not isinstance(exc, _NOT_SENT)
+                error: PgCloudError = TransportError(
+                    f"{type(exc).__name__}: {exc}", method=method, url=path, sent=sent
+                )
+            else:
+                status = response.status_code
+                log.debug(
+                    "%s %s -> %s in %.2fs",
+                    method,
+                    safe_url(response.request.url),
+                    status,
+                    self.clock() - started,
+                )
+                if status < 400:
+                    return self._parse(response, text=text, result=result)
+                api_error = self._error(response)
+                if status == 404 and gone_ok and maybe_done:
+                    return None
+                if isinstance(api_error, RateLimitError):
+                    with self._lock:
+                        self.rate_limited += 1
+                    wait = api_error.retry_after
+                    if wait is not None and wait > self.policy.max_retry_after:
+                        raise api_error
+                    wait = wait if wait is not None else self.policy.backoff(attempt)
+                    self.budget.penalize(wait)
+                    sent = False  # a 429 was not served
+                elif status >= 500:
+                    sent = True
+                else:
+                    raise api_error
+                error = api_error
+            maybe_done = maybe_done or sent
+            if sent and recover is not None:
+                log.info("%s %s failed (%s); looking for what it created", method, path, error)
+                found = recover()
+                if found is not None:
+                    return found
+            if wait is None:
+                wait = self.policy.backoff(attempt)
+            if attempt >= self.policy.max_attempts or self.clock() + wait > deadline:
+                raise error
+            with self._lock:
+                self.retries += 1
+            log.info("retrying %s %s in %.1fs after: %s", method, path, wait, error)
+            self.sleep(wait)
+
+    def _parse(self, response: httpx.Response, *, text: bool, result: bool) -> Any:
+        if text:
+            return response.text
+        url = str(response.request.url)
+        try:
+            body = response.json()
+        except ValueError:
+            raise UnexpectedResponseError(
+                "the answer is not JSON", status=response.status_code, body=response.text, url=url
+            ) from None
+        if not isinstance(body, dict) or (result and "result" not in body):
+            raise UnexpectedResponseError(
+                "the answer is not the API's {status, requestId, result} envelope",
+                status=response.status_code,
+                body=response.text,
+                url=url,
+            )
+        rid = body.get("requestId")
+        self.last_request_id = rid if isinstance(rid, str) else None
+        return body.get("result")
+
+    def _error(self, response: httpx.Response) -> APIError:
+        """The typed error for a status >= 400 (the stripe-style single mapping)."""
+        status = response.status_code
+        message = request_id = None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            message = body["error"]
+            rid = body.get("requestId")
+            request_id = rid if isinstance(rid, str) else None
+        if message is None:
+            # Error statuses keep their class (a proxy's 502 page is still a ServerError).
+            quoted = snippet(response.text, 160) if response.text else "an empty body"
+            message = (
+                f"{response.reason_phrase or 'error'} (not the API's error envelope: {quoted})"
+            )
+        self.last_request_id = request_id
+        cls = status_error(status)
+        extra: dict[str, Any] = {}
+        if cls is RateLimitError:
+            extra["retry_after"] = retry_after_seconds(response.headers)
+        return cls(
+            status,
+            message,
+            request_id=request_id,
+            method=response.request.method,
+            url=str(response.request.url),
+            body=response.text,
+            **extra,
+        )
+
+
+def iso_time(when: When) -> str:
+    """RFC 3339 in UTC with milliseconds, the form every endpoint accepts (API-NOTES §5.11).
+
+    A ``timedelta`` means that long ago; a naive datetime is local time (Python's rule).
+    """
+    if isinstance(when, str):
+        return when
+    if isinstance(when, timedelta):
+        when = datetime.now(UTC) - when
+    when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def parse_model(cls: type[M], data: Any) -> M:
+    """``data`` as model ``cls``; a misfit is an UnexpectedResponseError (no input quoted)."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise _unexpected(cls.__name__, exc) from None
+
+
+def parse_models(cls: type[M], data: Any) -> list[M]:
+    try:
+        return TypeAdapter(list[cls]).validate_python(data)  # type: ignore[valid-type]
+    except ValidationError as exc:
+        raise _unexpected(f"list[{cls.__name__}]", exc) from None
+
+
+def _unexpected(what: str, exc: ValidationError) -> UnexpectedResponseError:
+    # ValidationError's own text quotes input values (which may be secrets): list locations only.
+    problems = "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"
+        for e in exc.errors(include_input=False, include_url=False)[:5]
+    )
+    return UnexpectedResponseError(f"the answer does not fit {what} ({problems})")
