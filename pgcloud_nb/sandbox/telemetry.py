@@ -460,8 +460,8 @@ _JSON_METRICS = (
        "On-disk size of each database."),
 )  # fmt: skip
 
-# Derived bucket sizes: the smallest that keeps the window within MAX_POINTS. The
-# sandbox, like the real service, refreshes about once a minute, hence no step below 60 s.
+# Derived bucket sizes: the smallest that keeps the window within MAX_POINTS. The real
+# service refreshes its metrics about once a minute, hence no derived step below 60 s.
 _STEPS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
