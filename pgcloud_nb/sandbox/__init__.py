@@ -1,0 +1,40 @@
+"""The sandbox: a local Managed Postgres API whose services are real PostgreSQL servers.
+
+>>> from pgcloud_nb.sandbox import ensure_running
+>>> info = ensure_running()          # attach to this home's sandbox, or start it
+>>> info.env()                       # CLICKHOUSE_API_URL, ..._API_KEY, ..._API_SECRET, ..._ORG_ID
+
+Names are imported on first use, so ``import pgcloud_nb.sandbox`` pulls in
+neither starlette nor uvicorn; only the server process needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pgcloud_nb.sandbox.server import Sandbox, SandboxError, SandboxInfo, ensure_running
+    from pgcloud_nb.sandbox.settings import Settings
+
+__all__ = ["Sandbox", "SandboxError", "SandboxInfo", "Settings", "ensure_running"]
+
+_WHERE = {
+    "Sandbox": "server",
+    "SandboxError": "server",
+    "SandboxInfo": "server",
+    "ensure_running": "server",
+    "Settings": "settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if module := _WHERE.get(name):
+        value = getattr(importlib.import_module(f"pgcloud_nb.sandbox.{module}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pgcloud_nb.sandbox' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
