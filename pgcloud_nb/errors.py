@@ -104,7 +104,17 @@ def safe_url(url: object) -> str:
 
 
 class PgCloudError(Exception):
-    """Base class of every pgcloud_nb error."""
+    """Base class of every pgcloud_nb error.
+
+    Text is redacted again when shown, so a secret learned after the error was
+    made (a password from a later create) is still masked.
+    """
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
 
 
 class ConfigurationError(PgCloudError):
@@ -143,11 +153,11 @@ class APIError(PgCloudError):
     def __str__(self) -> str:
         where = f" ({self.method} {self.url})" if self.url else ""
         rid = f" [requestId {self.request_id}]" if self.request_id else ""
-        return f"{self.status}: {self.message}{where}{rid}"
+        return redact(f"{self.status}: {self.message}{where}{rid}")
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(status={self.status}, message={self.message!r}, "
+            f"{type(self).__name__}(status={self.status}, message={redact(self.message)!r}, "
             f"request_id={self.request_id!r})"
         )
 
