@@ -1,0 +1,273 @@
+"""``pgcloud-nb``: run the local sandbox, and JupyterLab on top of it.
+
+Usage::
+
+    pgcloud-nb sandbox start  [--home DIR] [--port N] [--rate-limit 10/10|off]
+                              [--provisioning-delay S] [--latency S]
+                              [--fault KIND=SHARE ...] [--sample-interval S] [--seed N]
+                              [--timeout S]
+    pgcloud-nb sandbox status [--home DIR] [--json]
+    pgcloud-nb sandbox stop   [--home DIR] [--timeout S]
+    pgcloud-nb sandbox env    [--home DIR]
+    pgcloud-nb lab            [--home DIR] [--no-browser] [JUPYTER LAB ARGS ...]
+
+Each flag overrides its ``PGCLOUD_SANDBOX_*`` variable (``_HOME``, ``_PORT``,
+``_RATE_LIMIT``, ``_PROVISIONING_DELAY``, ``_LATENCY``, ``_FAULTS``,
+``_SAMPLE_INTERVAL``, ``_SEED``). ``--fault`` repeats, or takes a comma list:
+``--fault 500=0.05 --fault drop=0.02``. Kinds are 500, 503, 429 and drop.
+
+``eval "$(pgcloud-nb sandbox env)"`` exports ``CLICKHOUSE_API_URL``,
+``CLICKHOUSE_CLOUD_API_KEY``, ``CLICKHOUSE_CLOUD_API_SECRET`` and
+``CLICKHOUSE_ORG_ID``. It also exports the seed walkthrough's ``KEY_ID``,
+``KEY_SECRET`` and ``ORG_ID``, so its curl commands run with only the host
+swapped.
+
+``lab`` starts the sandbox if needed and exports its variables (and
+``PGCLOUD_SANDBOX_HOME``). It then runs ``jupyter lab`` in the repository's
+``notebooks/`` folder if there is one, else in the current folder. Arguments
+it does not know are passed on to jupyter.
+
+Exit codes:
+    0    success; for ``status``, the sandbox is running
+    1    the sandbox could not be started or stopped (the message says why)
+    2    bad usage: unknown command, or a bad flag or variable value
+    3    ``status`` / ``env``: no sandbox is running for this home
+    127  ``lab``: no ``jupyter`` on PATH
+    other ``lab`` exits with jupyter's own code (the process becomes jupyter)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pgcloud_nb.__about__ import __version__
+from pgcloud_nb.sandbox.server import Sandbox, SandboxInfo
+from pgcloud_nb.sandbox.settings import Settings, parse_faults, parse_rate_limit
+
+__all__ = ["main"]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_NO_JUPYTER = 127
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line (no usage block), exit code 2; no abbreviated flags.
+
+    No abbreviations, so ``lab`` never takes a jupyter flag for one of its own.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _number(minimum: float, kind: Callable[[str], Any] = float) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from one of the settings' parsers (their ValueError → usage error)."""
+
+    def wrapped(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return wrapped
+
+
+def _port(text: str) -> int:
+    port: int = _number(0, int)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"must be at most 65535, got {text!r}")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pgcloud-nb", description="Managed Postgres notebooks and sandbox.")
+    parser.add_argument("--version", action="version", version=f"pgcloud-nb {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    home = _Parser(add_help=False)
+    home.add_argument(
+        "--home", type=Path, help="the sandbox folder (default: $PGCLOUD_SANDBOX_HOME)"
+    )
+
+    sandbox = commands.add_parser("sandbox", help="run the local sandbox API")
+    actions = sandbox.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    start = actions.add_parser("start", parents=[home], help="start it (or find it running)")
+    start.add_argument("--port", type=_port, help="TCP port on 127.0.0.1 (default: a free one)")
+    start.add_argument(
+        "--rate-limit",
+        type=_checked(parse_rate_limit),
+        metavar="N/S|off",
+        help="requests per seconds per key (default 10/10, as the real API)",
+    )
+    start.add_argument("--provisioning-delay", type=_number(0), metavar="S")
+    start.add_argument("--latency", type=_number(0), metavar="S", help="added to every answer")
+    start.add_argument(
+        "--fault",
+        type=_checked(parse_faults),
+        action="append",
+        metavar="KIND=SHARE",
+        help="share of answers turned into 500, 503, 429 or a dropped connection",
+    )
+    start.add_argument("--sample-interval", type=_number(0.1), metavar="S")
+    start.add_argument("--seed", type=_number(-sys.maxsize, int), metavar="N")
+    start.add_argument("--timeout", type=_number(1), default=60.0, metavar="S")
+
+    status = actions.add_parser("status", parents=[home], help="is it running? (exit 0 if so)")
+    status.add_argument("--json", action="store_true", help="print url, org, key id, home, pid")
+    stop = actions.add_parser("stop", parents=[home], help="stop it and its PostgreSQL servers")
+    stop.add_argument("--timeout", type=_number(0), default=30.0, metavar="S")
+    actions.add_parser("env", parents=[home], help="print export lines for its credentials")
+
+    lab = commands.add_parser("lab", parents=[home], help="JupyterLab on the sandbox")
+    lab.add_argument("--no-browser", action="store_true", help="passed on to jupyter lab")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings, with the flags given on top."""
+    over: dict[str, Any] = {"home": args.home.expanduser().resolve() if args.home else None}
+    if getattr(args, "rate_limit", None) is not None:
+        over["rate_limit"], over["rate_window"] = args.rate_limit
+    if getattr(args, "fault", None):
+        merged = {k: v for faults in args.fault for k, v in faults.items()}
+        over["faults"] = parse_faults(",".join(f"{k}={v}" for k, v in merged.items()))
+    for name in ("port", "provisioning_delay", "latency", "sample_interval", "seed"):
+        over[name] = getattr(args, name, None)
+    return Settings.from_env(**over)
+
+
+def _env_hint(args: argparse.Namespace) -> str:
+    home = f" --home {shlex.quote(str(args.home))}" if args.home else ""
+    return f'eval "$(pgcloud-nb sandbox env{home})"'
+
+
+def _describe(info: SandboxInfo) -> str:
+    return (
+        f"url:  {info.url}\nhome: {info.home}\npid:  {info.pid}\n"
+        f"org:  {info.org_id}\nkey:  {info.key_id}"
+    )
+
+
+def export_lines(info: SandboxInfo) -> list[str]:
+    """Shell lines exporting the client's variables and the seed walkthrough's."""
+    seed = {"KEY_ID": info.key_id, "KEY_SECRET": info.key_secret, "ORG_ID": info.org_id}
+    return [f"export {k}={shlex.quote(v)}" for k, v in {**info.env(), **seed}.items()]
+
+
+def _start(args: argparse.Namespace, sb: Sandbox) -> int:
+    if (info := sb.status()) is not None:
+        print(f"the sandbox is already running; its settings are unchanged "
+              f"(stop it first to change them)\n{_describe(info)}")  # fmt: skip
+        return 0
+    info = sb.start(timeout=args.timeout)
+    print(f"the sandbox is running\n{_describe(info)}\ncredentials: {_env_hint(args)}")
+    return 0
+
+
+def _status(args: argparse.Namespace, sb: Sandbox) -> int:
+    info = sb.status()
+    if info is None:
+        print(f"no sandbox is running for {sb.home.path}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if args.json:
+        shown = {"url": info.url, "org_id": info.org_id, "key_id": info.key_id,
+                 "home": str(info.home), "pid": info.pid}  # fmt: skip
+        print(json.dumps(shown))
+    else:
+        print(f"the sandbox is running\n{_describe(info)}")
+    return 0
+
+
+def _stop(args: argparse.Namespace, sb: Sandbox) -> int:
+    if sb.stop(timeout=args.timeout):
+        print(f"stopped the sandbox of {sb.home.path}")
+    else:
+        print(f"no sandbox was running for {sb.home.path}")
+    return 0
+
+
+def _env(args: argparse.Namespace, sb: Sandbox) -> int:
+    info = sb.status()
+    if info is None:
+        print(
+            f"no sandbox is running for {sb.home.path}; start it with: pgcloud-nb sandbox start",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_RUNNING
+    print("\n".join(export_lines(info)))
+    return 0
+
+
+def _lab(args: argparse.Namespace, sb: Sandbox, jupyter_args: list[str]) -> int:
+    jupyter = shutil.which("jupyter")
+    if jupyter is None:
+        print("pgcloud-nb: error: jupyter is not installed (pip install 'pgcloud-nb[notebook]')",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_NO_JUPYTER
+    info = sb.start()
+    # The kernels find the same sandbox: its variables, and its home for ensure_running().
+    env = {**os.environ, **info.env(), "PGCLOUD_SANDBOX_HOME": str(info.home)}
+    where = NOTEBOOKS if NOTEBOOKS.is_dir() else Path.cwd()
+    argv = ["jupyter", "lab", *(["--no-browser"] if args.no_browser else []), *jupyter_args]
+    print(f"sandbox at {info.url}; starting JupyterLab in {where}", file=sys.stderr)
+    return exec_jupyter(jupyter, argv, env, where)
+
+
+def exec_jupyter(path: str, argv: list[str], env: dict[str, str], cwd: Path) -> int:
+    """Become jupyter (tests replace this)."""
+    os.chdir(cwd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(path, argv, env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "lab" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        sb = Sandbox(settings=_settings(args))
+    except ValueError as e:  # a bad PGCLOUD_SANDBOX_* value (flags were checked already)
+        parser.error(f"bad PGCLOUD_SANDBOX_* variable: {e}")
+    try:
+        if args.command == "lab":
+            return _lab(args, sb, [a for a in extra if a != "--"])
+        handler = {"start": _start, "status": _status, "stop": _stop, "env": _env}[args.action]
+        return handler(args, sb)
+    except (RuntimeError, OSError) as e:  # SandboxError, EngineError, and the OS's own
+        print(f"pgcloud-nb: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
