@@ -123,6 +123,7 @@ class Requester:
                 error: PgCloudError = TransportError(
                     f"{type(exc).__name__}: {exc}", method=method, url=path, sent=sent
                 )
+                error.__cause__ = exc
             else:
                 status = response.status_code
                 log.debug(
