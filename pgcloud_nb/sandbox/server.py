@@ -34,7 +34,7 @@ from typing import IO
 import httpx
 
 from pgcloud_nb.sandbox.faults import PROBE_HEADER
-from pgcloud_nb.sandbox.home import SandboxHome
+from pgcloud_nb.sandbox.home import Credentials, SandboxHome
 from pgcloud_nb.sandbox.settings import Settings
 
 __all__ = [
@@ -128,7 +128,7 @@ class Sandbox:
         pid, url = int(data.get("pid") or 0), str(data.get("url") or "")
         if not pid or not url or not _pid_alive(pid):
             return None
-        creds = self.home.credentials()
+        creds = _credentials(self.home)
         info = SandboxInfo(url, creds.org_id, creds.key_id, creds.key_secret, self.home.path, pid)
         return info if _answers(info) else None
 
@@ -139,7 +139,7 @@ class Sandbox:
         if (info := self.status()) is not None:
             return info
         self.home.ensure()
-        self.home.credentials()  # made here once, so the server only reads them
+        _credentials(self.home)  # made here once, so the server only reads them
         log_from = _rotate_log(self.home.log_file)
         # The server runs the same pgcloud_nb as we do, installed or not.
         root = str(Path(__file__).resolve().parents[2])
@@ -164,6 +164,10 @@ class Sandbox:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if (info := self.status()) is not None:
+                if info.pid != proc.pid:
+                    # A concurrent start won. Ours is still waiting for the lock; it must
+                    # not take over once that server stops.
+                    _terminate(proc.pid, 5.0)
                 return info
             code = proc.poll()
             if code == EXIT_LOCKED:
@@ -265,6 +269,22 @@ def acquire_lock(home: SandboxHome, wait: float = LOCK_WAIT) -> IO[str] | None:
     f.write(str(os.getpid()))
     f.flush()
     return f
+
+
+def _credentials(home: SandboxHome) -> Credentials:
+    """The home's credentials, tolerating another process creating them right now.
+
+    ``SandboxHome.credentials`` creates the file with O_EXCL and then writes it,
+    so a concurrent caller can meet it existing (FileExistsError) or half written.
+    """
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            return home.credentials()
+        except (FileExistsError, ValueError, KeyError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 # -- processes ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -303,3 +304,25 @@ def test_drop_on_a_real_server(real_server: tuple[str, list[str]]) -> None:
     assert "ok" in outcomes and "dropped" in outcomes
     # Dropped or not, every create reached its handler: a blind resend would duplicate it.
     assert created == [f"s{i}" for i in range(20)]
+
+
+async def test_counters_are_published_on_app_state(tmp_path: Path) -> None:
+    created: list[str] = []
+
+    async def create(request: Request) -> JSONResponse:
+        created.append("x")
+        return JSONResponse({"status": 200, "requestId": "r", "result": {}})
+
+    settings = Settings(home=tmp_path, rate_limit=1, faults={"500": 0.5}, seed=1)
+    app = Starlette(
+        routes=[Route("/create", create, methods=["POST"])],
+        middleware=[Middleware(FaultMiddleware, settings=settings)],
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as c:
+        codes = [(await c.post("/create")).status_code for _ in range(3)]
+    stats: FaultStats = app.state.fault_stats
+    assert codes.count(429) == 2 and stats.limited == 2
+    assert stats.answered + stats.injected["500"] == 1 == len(codes) - 2
+    assert stats.as_dict()["injected"] == {"500": stats.injected["500"], "503": 0, "429": 0,
+                                           "drop": 0}  # fmt: skip

@@ -7,6 +7,7 @@ PostgreSQL. The tests at the end run the real app.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -15,6 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -221,6 +223,43 @@ def test_probes_use_no_budget_and_skip_faults(started: StartFn) -> None:
     sb2, info2 = started("faulty", faults={"503": 1.0})
     assert sb2.status() == info2  # an injected 503 never hides a live server
     assert get_orgs(info2).status_code == 503
+
+
+def test_drop_on_the_server_process(started: StartFn) -> None:
+    sb, info = started(faults={"drop": 1.0})
+    with pytest.raises(httpx.RemoteProtocolError):
+        get_orgs(info)
+    assert sb.status() == info  # probes are never dropped
+
+
+def test_concurrent_starts_share_one_server(standin: None, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "h", rate_limit=0)
+    results: list[SandboxInfo] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(Sandbox(settings=settings).start(30)))
+        for _ in range(3)
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(results) == 3 and len({r.pid for r in results}) == 1
+    finally:
+        Sandbox(settings=settings).stop(timeout=5)
+    # The losers' servers, still waiting for the lock, were stopped: none takes over.
+    time.sleep(server_mod.LOCK_WAIT + 0.5)
+    assert _servers_in(settings.home) == []
+
+
+def _servers_in(home: Path) -> list[int]:
+    """Sandbox server processes running in ``home`` (their working directory)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == home:
+                found.append(int(proc.name))
+    return found
 
 
 def test_settings_reach_the_server(started: StartFn) -> None:
