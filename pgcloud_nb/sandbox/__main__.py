@@ -18,6 +18,7 @@ up, 2 for bad settings, 3 when the app's startup fails (uvicorn's code),
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import os
@@ -77,10 +78,15 @@ def serve(settings: Settings) -> int:
             {"url": url, "pid": os.getpid(), "started_at": datetime.now(UTC).isoformat()}
         )
         log.info("sandbox for %s serving on %s", home.path, url)
+        # uvicorn's own log format, with a timestamp: server.log outlives many runs.
+        log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+        for formatter in log_config["formatters"].values():
+            formatter["fmt"] = "%(asctime)s " + formatter["fmt"]
         config = uvicorn.Config(
             app,
             lifespan="on",
             log_level="info",
+            log_config=log_config,
             # Keep-alive connections must not hold up a stop for long.
             timeout_graceful_shutdown=5,
             server_header=False,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
 import random
 import time
@@ -55,6 +56,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("pgcloud_nb.sandbox.faults")
 
 PROBE_HEADER = "X-PgCloud-Sandbox-Probe"
 _PROBE = PROBE_HEADER.lower().encode()
@@ -212,11 +215,13 @@ class FaultMiddleware:
         if kind is None:
             await self.app(scope, receive, send)
             self.stats.answered += 1
-        elif kind == "drop":
-            self.stats.injected[kind] += 1
+            return
+        # Said in server.log, so an odd answer is never a mystery.
+        log.info("injected fault %s on %s %s", kind, scope["method"], scope["path"])
+        self.stats.injected[kind] += 1
+        if kind == "drop":
             await self.app(scope, receive, _dropping(send))
         else:
-            self.stats.injected[kind] += 1
             status = int(kind)
             await send_error(
                 send,
