@@ -1,0 +1,352 @@
+"""What every widget shares: the error panel, the job runner and budget pacing.
+
+**Errors.** ipywidgets sends an exception raised in a callback to the kernel
+log, where nobody sees it. :func:`guarded` wraps every callback so that the
+exception lands in the widget's :class:`ErrorPanel` instead: an API error shows
+its status, the API's ``message`` and its ``requestId``. Nothing is swallowed:
+the panel keeps the last error in ``.last`` too, for tests and for code.
+
+**Jobs.** A button that waits for a service (create, restart, delete) must not
+block the kernel: while a callback runs, JupyterLab can neither update widgets
+nor run cells. So a long action is written as a *job*, a generator that yields
+:class:`Call` (a blocking API call; its result is sent back in) or a float
+(seconds to pause). :func:`run_job` drives it
+
+- as an asyncio task on the running loop when there is one (inside a kernel, a
+  button callback runs on the kernel's loop): the blocking HTTP call goes to the
+  loop's default executor, and everything else, widget updates included, runs on
+  the loop itself, because output sent from other threads is lost under
+  ipykernel 7;
+- to completion, synchronously, when no loop runs (a plain kernel-less test:
+  set ``.value``, ``.click()``, assert).
+
+Both paths run the same coroutine, so tests exercise the code the kernel runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import html
+import time
+import traceback
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+import ipywidgets as widgets
+
+from ..errors import (
+    APIError,
+    NotFoundError,
+    PgCloudError,
+    UnexpectedStateError,
+    WaitTimeout,
+    redact,
+)
+from ..models import PostgresService, ServiceState
+from ..waiters import DEFAULT_TIMEOUT, NOT_FOUND_GRACE, poll_interval
+
+if TYPE_CHECKING:
+    from ..client import Client
+
+__all__ = [
+    "Call",
+    "ErrorPanel",
+    "Job",
+    "StatusLine",
+    "guarded",
+    "has_room",
+    "is_sandbox",
+    "paced",
+    "poll_job",
+    "require_loop",
+    "run_job",
+    "wait_job",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call:
+    """A blocking call a job wants made (off the loop when a loop runs)."""
+
+    fn: Callable[[], Any]
+
+
+Job = Generator["Call | float", Any, T]
+
+
+class ErrorPanel(widgets.Output):
+    """A visible box for errors raised inside callbacks and jobs.
+
+    Written with ``append_display_data`` (not ``with out:`` capture), which
+    works from a callback, from a task on the loop and without any kernel.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.last: BaseException | None = None
+        self.add_class("pgcloud-errors")
+
+    def show(self, exc: BaseException) -> None:
+        """Show ``exc``: API errors with status, message and requestId; others with a traceback."""
+        from IPython.display import HTML
+
+        self.last = exc
+        if isinstance(exc, APIError):
+            rid = exc.request_id or "none"
+            body = (
+                f"<b>{html.escape(type(exc).__name__)} {exc.status}</b>: "
+                f"{html.escape(exc.message)}<br><small>requestId: <code>{html.escape(rid)}</code>"
+                f"{' · ' + html.escape(exc.method + ' ' + exc.url) if exc.url else ''}</small>"
+            )
+        else:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-4:])
+            body = (
+                f"<b>{html.escape(type(exc).__name__)}</b>: {html.escape(redact(str(exc)))}"
+                f"<details><summary>traceback</summary><pre>{html.escape(redact(tb))}</pre>"
+                "</details>"
+            )
+        self.append_display_data(
+            HTML(f"<div class='pgcloud-error' style='color:#b00020'>{body}</div>")
+        )
+
+    def note(self, text: str) -> None:
+        """A refusal that is not an exception (wrong confirmation name, nothing to send)."""
+        from IPython.display import HTML
+
+        self.append_display_data(
+            HTML(f"<div class='pgcloud-note' style='color:#b00020'>{html.escape(text)}</div>")
+        )
+
+    def clear(self) -> None:
+        self.outputs = ()  # not clear_output(): without a kernel that prints escape codes
+
+    @property
+    def text(self) -> str:
+        """Everything shown, as plain text (for tests and logs)."""
+        parts: list[str] = []
+        out: dict[str, Any]
+        for out in self.outputs:
+            data: dict[str, str] = out.get("data", {})
+            parts.append(data.get("text/html") or data.get("text/plain") or out.get("text", ""))
+        return "\n".join(parts)
+
+
+def guarded(panel: ErrorPanel) -> Callable[[Callable[..., Any]], Callable[..., None]]:
+    """Decorate a widget callback so an exception shows in ``panel`` instead of the log."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> None:
+            try:
+                fn(*args, **kwargs)
+            except Exception as exc:  # shown, not swallowed: that is the point
+                panel.show(exc)
+
+        return inner
+
+    return wrap
+
+
+class StatusLine(widgets.HTML):
+    """One line of progress text ("creating · 12 s")."""
+
+    def set(self, text: str, *, icon: str = "") -> None:
+        self.value = f"{icon} {html.escape(text)}".strip()
+
+
+# -- jobs ------------------------------------------------------------------------
+
+
+async def _drive(job: Job[T], offload: bool) -> T:
+    loop = asyncio.get_running_loop()
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = job.throw(error) if error is not None else job.send(value)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        value, error = None, None
+        if isinstance(step, Call):
+            try:
+                value = await loop.run_in_executor(None, step.fn) if offload else step.fn()
+            except Exception as exc:  # handed back to the job, which may handle it
+                error = exc
+        else:
+            await asyncio.sleep(step)
+
+
+def run_job(
+    job: Job[Any],
+    panel: ErrorPanel,
+    *,
+    on_done: Callable[[Any], None] | None = None,
+) -> asyncio.Task[None] | None:
+    """Run ``job``: a task on the running loop, or synchronously without one.
+
+    Returns the task (cancel it to stop the job), or None when it already ran.
+    Errors from the job or from ``on_done`` go to ``panel``.
+    """
+
+    async def main(offload: bool) -> None:
+        try:
+            result = await _drive(job, offload)
+            if on_done is not None:
+                on_done(result)
+        except asyncio.CancelledError:
+            job.close()
+            raise
+        except Exception as exc:
+            panel.show(exc)
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        # No loop: a kernel-less test or a script. Calls run inline, sleeps really sleep.
+        asyncio.run(main(offload=False))
+        return None
+    task = loop.create_task(main(offload=True))
+    _TASKS.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(_TASKS.discard)
+    return task
+
+
+_TASKS: set[asyncio.Task[None]] = set()
+
+
+def wait_job(
+    client: Client,
+    service_id: str,
+    state: str | None = "running",
+    *,
+    status: StatusLine | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Job[PostgresService | None]:
+    """Poll until the service is in ``state`` (``None``: until it is gone, 404).
+
+    The same rules as :func:`pgcloud_nb.waiters.wait_for_state` (poll interval
+    from the shared budget, a short grace for a 404 right after a create, fail
+    fast on ``deleting``), but as a job, so that it can run on the kernel's
+    loop: ``client.wait`` sleeps with ``time.sleep`` and would block it.
+    """
+    started = time.monotonic()
+    target = None if state is None else ServiceState(state)
+    want = target.value if target is not None else "gone"
+    svc: PostgresService | None = None
+    while True:
+        elapsed = time.monotonic() - started
+        try:
+            svc = yield Call(functools.partial(client.get_service, service_id))
+        except NotFoundError:
+            if target is None:
+                if status is not None:
+                    status.set(f"gone after {elapsed:.0f} s", icon="✅")
+                return None
+            if elapsed > NOT_FOUND_GRACE:
+                raise UnexpectedStateError(
+                    f"service {service_id} is gone (404) while waiting for {want}"
+                ) from None
+            shown = "not found yet"
+        else:
+            assert svc is not None
+            shown = svc.state.value if svc.state else "unknown"
+            if target is not None and svc.state == target:
+                if status is not None:
+                    status.set(f"{shown} after {elapsed:.0f} s", icon="✅")
+                return svc
+            if target is not None and svc.state == ServiceState.DELETING:
+                raise UnexpectedStateError(
+                    f"service {service_id} is being deleted; it will never be {want}", service=svc
+                )
+        if status is not None:
+            status.set(f"{shown} → {want} · {elapsed:.0f} s", icon="⏳")
+        if elapsed > timeout:
+            raise WaitTimeout(f"{service_id[:8]} → {want}: still {shown} after {timeout:.0f}s")
+        yield poll_interval(client)
+
+
+def poll_job(
+    fetch: Callable[[], T],
+    apply: Callable[[T], None],
+    *,
+    interval: Callable[[], float],
+    room: Callable[[], bool],
+    panel: ErrorPanel,
+) -> Job[None]:
+    """Forever: ``apply(fetch())``, then pause ``interval()`` seconds (auto-refreshers).
+
+    A beat is skipped while ``room()`` says the shared budget is short (see
+    :func:`has_room`), and an API failure is shown in ``panel`` without ending
+    the loop: the next beat may well succeed. Cancel the task to stop it.
+    """
+    while True:
+        if room():
+            try:
+                data = yield Call(fetch)
+            except PgCloudError as exc:
+                panel.show(exc)
+            else:
+                apply(data)
+        yield interval()
+
+
+def require_loop(what: str) -> None:
+    """Refuse to start an endless task where no event loop runs (it would never return)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{what} needs a running asyncio loop: use it in a Jupyter kernel or from async "
+            "code (without one, call its one-shot method instead)"
+        ) from None
+
+
+# -- the request budget ------------------------------------------------------------
+
+
+def is_sandbox(client: Client) -> bool:
+    """Whether the client talks to a local sandbox (loopback URL or resolved as one)."""
+    host = urlsplit(client.base_url).hostname or ""
+    return client.source == "sandbox" or host in ("localhost", "127.0.0.1", "::1")
+
+
+def paced(client: Client, interval: float, share: float) -> float:
+    """``interval``, lengthened so that this poller alone uses at most ``share`` of the budget."""
+    budget = client.budget
+    if not budget.limit:
+        return interval
+    return max(interval, budget.window / (budget.limit * share))
+
+
+def has_room(client: Client, reserve: float = 0.5) -> bool:
+    """Whether a background refresh may spend a request now.
+
+    Auto-refreshers (fleet table, charts) skip a beat when less than ``reserve``
+    of the window is free, so the user's own calls and waits keep their share.
+    """
+    budget = client.budget
+    if not budget.limit:
+        return True
+    return budget.delay() == 0 and budget.remaining() >= budget.limit * reserve
+
+
+def options_from(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Dropdown options, deduplicated, in order."""
+    seen: dict[str, str] = {}
+    for label, value in pairs:
+        seen.setdefault(value, label)
+    return [(label, value) for value, label in seen.items()]
+
+
+def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a task if it is still running (closing a widget stops its work)."""
+    if task is not None and not task.done():
+        with contextlib.suppress(RuntimeError):  # its loop may be closed already
+            task.cancel()

@@ -1,0 +1,255 @@
+"""Widgets that work on one service: the picker, the tag editor and the delete button.
+
+Each editor takes a service id, or a :class:`ServicePicker` it then follows:
+picking another service reloads the editor.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+
+from ..models import PostgresServiceListItem
+from ..spec import validate_body
+from ..waiters import DEFAULT_TIMEOUT
+from ._inputs import ErrorLabel, TagRows, route_errors
+from ._runtime import Call, ErrorPanel, Job, StatusLine, cancel, guarded, run_job, wait_job
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..client import Client
+
+__all__ = ["DeleteButton", "ServicePicker", "ServiceWidget", "TagEditor", "tags_diff"]
+
+
+class ServicePicker(widgets.VBox):
+    """A dropdown of the organization's services, refreshed by its button or :meth:`refresh`.
+
+    ``value`` is the picked service id (``None`` when there is none);
+    ``services`` maps ids to the list items of the last refresh.
+    """
+
+    def __init__(self, client: Client, *, description: str = "service") -> None:
+        self.client = client
+        self.services: dict[str, PostgresServiceListItem] = {}
+        self.dropdown = widgets.Dropdown(description=description,
+                                         layout=widgets.Layout(width="36em"))
+        self.refresh_button = widgets.Button(icon="refresh", tooltip="reload the list",
+                                             layout=widgets.Layout(width="3em"))
+        self.errors = ErrorPanel()
+        self.refresh_button.on_click(guarded(self.errors)(lambda _: self.refresh()))
+        super().__init__([widgets.HBox([self.dropdown, self.refresh_button]), self.errors])
+        guarded(self.errors)(self.refresh)()
+
+    @property
+    def value(self) -> str | None:
+        value: str | None = self.dropdown.value
+        return value
+
+    @value.setter
+    def value(self, service_id: str | None) -> None:
+        self.dropdown.value = service_id
+
+    def refresh(self) -> None:
+        """Reload the list (one request); keep the selection if the service still exists."""
+        self.show(self.client.list_services())
+
+    def show(self, items: list[PostgresServiceListItem]) -> None:
+        """Fill the dropdown from a list the caller fetched."""
+        self.services = {s.id: s for s in items}
+        current = self.dropdown.value
+        self.dropdown.options = [(self._label(s), s.id) for s in items]
+        self.dropdown.value = current if current in self.services else (
+            items[0].id if items else None
+        )
+
+    @staticmethod
+    def _label(s: PostgresServiceListItem) -> str:
+        state = s.state.value if s.state else "?"
+        return f"{s.name} · {state} · {s.size} · {s.region} · {s.id[:8]}"
+
+
+class ServiceWidget(widgets.VBox):
+    """Base of the editors: one service, fixed or followed through a picker.
+
+    Subclasses build their children, then call :meth:`_bind`; :meth:`load` is
+    called whenever the service changes.
+    """
+
+    def __init__(self, client: Client, service: str | ServicePicker, **kwargs: Any) -> None:
+        self.client = client
+        self.picker = service if isinstance(service, ServicePicker) else None
+        self._fixed = service if isinstance(service, str) else None
+        self.errors = ErrorPanel()
+        self.status = StatusLine()
+        self.task: asyncio.Task[None] | None = None
+        self.guard = guarded(self.errors)
+        super().__init__(**kwargs)
+
+    def _bind(self) -> None:
+        if self.picker is not None:
+            # an emptied picker (its last service deleted) leaves nothing to load
+            self.picker.dropdown.observe(self.guard(self._picked), "value")
+        if self._fixed is not None or (self.picker is not None and self.picker.value):
+            self.guard(self.load)()
+
+    def _picked(self, change: dict[str, Any]) -> None:
+        if change["new"]:
+            self.load()
+
+    @property
+    def service_id(self) -> str:
+        sid = self._fixed if self.picker is None else self.picker.value
+        if not sid:
+            raise ValueError("no service picked")
+        return sid
+
+    def load(self) -> None:
+        """Read the service's current state into the widget."""
+
+    def _start(self, job: Job[Any]) -> None:
+        cancel(self.task)
+        self.task = run_job(job, self.errors)
+
+    def close(self) -> None:
+        """Stop any running wait, and close the widgets."""
+        cancel(self.task)
+        super().close()
+
+
+def tags_diff(old: dict[str, str | None], new: dict[str, str]) -> list[str]:
+    """Lines ``+ k=v`` (added), ``~ k: a → b`` (changed), ``- k=v`` (removed)."""
+    lines = [f"+ {k}={v}" for k, v in new.items() if k not in old]
+    lines += [f"~ {k}: {old[k]} → {v}" for k, v in new.items() if k in old and old[k] != v]
+    lines += [f"- {k}={v}" for k, v in old.items() if k not in new]
+    return lines
+
+
+class TagEditor(ServiceWidget):
+    """Add, edit and remove tags, see the merge-patch diff, then send it.
+
+    Tags are a list in the API: a PATCH replaces the whole list (RFC 7396 merge
+    patch; API-NOTES §5.3), so the body is every tag you keep. ``preview``
+    shows the body and the diff; ``apply`` shows them again, validates the body
+    against ``PostgresServicePatchRequest`` and sends it.
+    """
+
+    def __init__(self, client: Client, service: str | ServicePicker) -> None:
+        super().__init__(client, service)
+        self.current: dict[str, str | None] = {}
+        self.rows = TagRows()
+        self.preview_button = widgets.Button(description="Preview diff", icon="eye")
+        self.apply_button = widgets.Button(description="Apply tags", button_style="primary",
+                                           icon="check")
+        self.diff = widgets.HTML()
+        self.form_error = ErrorLabel()
+        self.preview_button.on_click(self.guard(lambda _: self.preview()))
+        self.apply_button.on_click(self.guard(lambda _: self.apply()))
+        self.children = [
+            widgets.HTML("<b>Tags</b>"), self.rows,
+            widgets.HBox([self.preview_button, self.apply_button, self.status]),
+            self.form_error, self.diff, self.errors,
+        ]
+        self._bind()
+
+    def load(self) -> None:
+        svc = self.client.get_service(self.service_id)
+        self.current = svc.tags_dict
+        self.rows.set_tags(self.current)
+        self.diff.value = ""
+
+    def patch(self) -> dict[str, Any]:
+        """The merge-patch body for the tags as edited."""
+        return {"tags": self.rows.payload()}
+
+    def preview(self) -> list[str]:
+        """Show (and return) the diff; ``[]`` when nothing changed."""
+        body = self.patch()
+        lines = tags_diff(self.current, self.rows.as_dict())
+        shown = "\n".join(lines) or "(no changes)"
+        self.diff.value = (
+            f"<pre class='pgcloud-diff'>{html.escape(shown)}</pre>"
+            f"<small>PATCH body</small><pre>{html.escape(json.dumps(body, indent=1))}</pre>"
+        )
+        return lines
+
+    def apply(self) -> None:
+        """Validate and send the tags (one PATCH), then reload them."""
+        self.errors.clear()
+        lines = self.preview()
+        body = self.patch()
+        errors = validate_body("PostgresServicePatchRequest", body)
+        keys = [t["key"] for t in body["tags"]]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        route_errors(errors, {"tags": self.form_error, **self.rows.error_labels()},
+                     self.form_error)
+        if errors:
+            self.status.set(f"not sent: {len(errors)} problem(s)", icon="⚠️")
+            return
+        if dupes:
+            self.form_error.set([f"duplicate key(s): {', '.join(dupes)}"])
+            self.status.set("not sent", icon="⚠️")
+            return
+        if not lines:
+            self.status.set("no changes to send", icon="ℹ️")
+            return
+        svc = self.client.update_service(self.service_id, tags=body["tags"])
+        self.current = svc.tags_dict
+        self.status.set(f"tags updated ({len(lines)} change(s))", icon="✅")
+
+
+class DeleteButton(ServiceWidget):
+    """Delete a service after its name is typed into ``confirm``; waits until it is gone.
+
+    A wrong name sends nothing. After the delete, ``status`` follows the service
+    to its 404 (as a task on the kernel's loop) and the picker, if any, reloads.
+    """
+
+    def __init__(
+        self, client: Client, service: str | ServicePicker, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        super().__init__(client, service)
+        self.timeout = timeout
+        self.name: str | None = None
+        self.prompt = widgets.HTML()
+        self.confirm = widgets.Text(placeholder="type the service name to confirm")
+        self.button = widgets.Button(description="Delete", button_style="danger", icon="trash")
+        self.button.on_click(self.guard(lambda _: self.delete()))
+        self.children = [self.prompt, widgets.HBox([self.confirm, self.button]), self.status,
+                         self.errors]
+        self._bind()
+
+    def load(self) -> None:
+        cached = self.picker.services.get(self.service_id) if self.picker else None
+        self.name = cached.name if cached else self.client.get_service(self.service_id).name
+        self.prompt.value = (f"Delete <b>{html.escape(self.name or '')}</b> "
+                             f"(<code>{self.service_id}</code>)? Type its name to confirm.")
+        self.confirm.value = ""
+
+    def delete(self) -> None:
+        """Delete if the confirmation matches the name; otherwise do nothing but say so."""
+        self.errors.clear()
+        if self.name is None:
+            self.load()
+        if self.confirm.value.strip() != self.name:
+            self.errors.note(f"the name does not match {self.name!r}: nothing was deleted")
+            self.status.set("not deleted", icon="⚠️")
+            return
+        self.button.disabled = True
+        self._start(self._delete_job(self.service_id))
+
+    def _delete_job(self, service_id: str) -> Job[None]:
+        try:
+            self.status.set("deleting…", icon="⏳")
+            yield Call(functools.partial(self.client.delete_service, service_id))
+            yield from wait_job(self.client, service_id, None, status=self.status,
+                                timeout=self.timeout)
+            if self.picker is not None:
+                self.picker.show((yield Call(self.client.list_services)))
+        finally:
+            self.button.disabled = False
