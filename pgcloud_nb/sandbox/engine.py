@@ -100,6 +100,11 @@ class ConfigValueError(EngineError, ValueError):
         self.param = param
         self.pg_message = pg_message
 
+    @property
+    def message(self) -> str:
+        """Alias of ``pg_message`` (the app's error envelope reads this name)."""
+        return self.pg_message
+
 
 # ---------------------------------------------------------------------------- users, folders
 
