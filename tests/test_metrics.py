@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from fixtures.mockapi import FakeApi
 from fixtures.synth import FAMILIES, exposition, services
+from prometheus_client.parser import text_string_to_metric_families
+
 from pgcloud_nb.history import History
 from pgcloud_nb.metrics import (
     PrometheusParseError,
@@ -87,9 +87,9 @@ def test_org_payload_matches_prometheus_client_sample_for_sample() -> None:
 
 def test_escapes_special_values_timestamps_and_odd_spacing() -> None:
     text = (
-        '# HELP m A help with a \\\\ backslash\\nand a newline.\n'
+        "# HELP m A help with a \\\\ backslash\\nand a newline.\n"
         "# TYPE m gauge\n"
-        '# a plain comment\n'
+        "# a plain comment\n"
         'm{postgres_service="s",postgres_service_name="a \\"q\\" \\\\ b\\nc",k="v",} NaN\n'
         'm{postgres_service="s2",postgres_service_name="x"} +Inf 1700000000123\n'
         'm { postgres_service = "s3" , postgres_service_name="y" } -Inf\n'
@@ -174,7 +174,7 @@ def test_rates_across_a_counter_reset() -> None:
 
 
 def test_reset_rate_counts_from_zero() -> None:
-    text = "# TYPE c_Total counter\nc_Total{{postgres_service=\"s\"}} {}\n"
+    text = '# TYPE c_Total counter\nc_Total{{postgres_service="s"}} {}\n'
     frame = concat_scrapes(
         parse_prometheus(text.format(v), timestamp=T0 + pd.Timedelta(seconds=10 * i))
         for i, v in enumerate([100, 160, 30, 90])
@@ -187,8 +187,14 @@ def test_reset_rate_counts_from_zero() -> None:
 def test_derived_series() -> None:
     frame = concat_scrapes(_scrapes(4, range(3)))
     d = derived(frame)
-    assert list(d.columns) == ["service_name", "cpu_percent", "commits_per_s", "rollbacks_per_s",
-                               "rollback_ratio", "cache_hit_ratio"]
+    assert list(d.columns) == [
+        "service_name",
+        "cpu_percent",
+        "commits_per_s",
+        "rollbacks_per_s",
+        "rollback_ratio",
+        "cache_hit_ratio",
+    ]
     assert d.index.names == ["timestamp", "service_id"]
     assert len(d) == 4 * 2
     svc = services(4)[1]  # 4 cores, load 0.2: busy share = 0.407 of the load per core
@@ -230,8 +236,8 @@ def test_history_rates_match_the_frame_rates() -> None:
     h = History()
     for f in _scrapes(5, range(4)):
         h.add(f)
-    a = h.rates().sort_values(BASE + ["mode"]).reset_index(drop=True)
-    b = rates(h.frame()).sort_values(BASE + ["mode"]).reset_index(drop=True)
+    a = h.rates().sort_values([*BASE, "mode"]).reset_index(drop=True)
+    b = rates(h.frame()).sort_values([*BASE, "mode"]).reset_index(drop=True)
     np.testing.assert_allclose(a["value"], b["value"])
     assert a["reset"].tolist() == b["reset"].tolist()
     pd.testing.assert_frame_equal(h.derived(), derived(h.frame()))
@@ -249,8 +255,12 @@ def test_history_parquet_round_trip(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(back.rates(), h.rates())
     assert back.types == h.types and back.org_id == h.org_id
     # the analysis goes on: a new scrape lands after the loaded ones
-    assert back.add(exposition(svcs, 5, reset_at={svcs[2].id: 3}),
-                    timestamp=T0 + pd.Timedelta(minutes=5)) == 1
+    assert (
+        back.add(
+            exposition(svcs, 5, reset_at={svcs[2].id: 3}), timestamp=T0 + pd.Timedelta(minutes=5)
+        )
+        == 1
+    )
     assert back.n_scrapes == 6
     # any Parquet reader sees the tidy long frame
     raw = pd.read_parquet(path)
@@ -290,12 +300,21 @@ def test_fleet_snapshot_against_the_sandbox(sandbox: object) -> None:
     import pgcloud_nb
 
     info = sandbox
-    client = pgcloud_nb.connect(api_key=info.key_id, api_secret=info.key_secret,  # type: ignore[attr-defined]
-                                org_id=info.org_id, base_url=info.url)  # type: ignore[attr-defined]
+    client = pgcloud_nb.connect(
+        api_key=info.key_id,
+        api_secret=info.key_secret,  # type: ignore[attr-defined]
+        org_id=info.org_id,
+        base_url=info.url,
+    )  # type: ignore[attr-defined]
     with client:
         made = [
-            client.create_service(name=f"fleet-{i}", provider="aws", region="us-east-1",
-                                  size="r8gd.medium", tags={"Environment": f"e{i}"})
+            client.create_service(
+                name=f"fleet-{i}",
+                provider="aws",
+                region="us-east-1",
+                size="r8gd.medium",
+                tags={"Environment": f"e{i}"},
+            )
             for i in range(3)
         ]
         try:
