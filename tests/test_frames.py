@@ -1,0 +1,206 @@
+"""API results -> DataFrames: dtypes, column order, secrets, typed config values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from pgcloud_nb.frames import (
+    PG_DEFAULTS,
+    config_frame,
+    executions_frame,
+    logs_frame,
+    metrics_frame,
+    services_frame,
+    slow_queries_frame,
+)
+from pgcloud_nb.models import (
+    PostgresInstanceUpdateConfigResponse,
+    PostgresLogEntry,
+    PostgresMetrics,
+    PostgresService,
+    PostgresServiceListItem,
+    PostgresSlowQueryPattern,
+)
+
+UTC = pd.DatetimeTZDtype("us", "UTC")
+ITEM: dict[str, Any] = {
+    "id": "67b4f3c1-0000-4000-8000-000000000001", "name": "my postgres", "provider": "aws",
+    "region": "us-west-2", "postgresVersion": "18", "size": "r8gd.large", "storageSize": "118",
+    "haType": "none", "state": "running", "createdAt": "2026-05-25T16:42:16+00:00",
+    "isPrimary": True, "tags": [{"key": "Environment", "value": "production"}],
+}  # fmt: skip
+CREATED: dict[str, Any] = {
+    **ITEM, "id": "67b4f3c1-0000-4000-8000-000000000002", "name": "fresh", "state": "creating",
+    "size": "c6gd.large", "tags": [{"key": "Team", "value": "data"}], "createdAt": None,
+    "password": "Sup3rSecretPassw0rd", "hostname": "fresh-67b4.pg.example",
+    "connectionString": "postgres://postgres:Sup3rSecretPassw0rd@fresh-67b4.pg.example:5432/postgres",
+}  # fmt: skip
+FIXED = [
+    "id", "name", "state", "provider", "region", "postgresVersion", "size", "haType",
+    "isPrimary", "createdAt", "storageSize", "vcpus", "memoryGib", "storageGib",
+]  # fmt: skip
+
+
+def test_services_frame_types_and_order() -> None:
+    frame = services_frame([ITEM, CREATED])
+    assert list(frame.columns) == [*FIXED, "hostname", "tag.Environment", "tag.Team"]
+    for col in ("state", "provider", "postgresVersion", "size", "haType", "tag.Team"):
+        assert isinstance(frame[col].dtype, pd.CategoricalDtype), col
+    # categories come from the spec's enums, so every state is there even if unseen
+    assert "replaying_wal" in frame["state"].cat.categories
+    assert frame["createdAt"].dtype == UTC
+    assert frame.loc[0, "createdAt"] == pd.Timestamp("2026-05-25T16:42:16Z")
+    assert pd.isna(frame.loc[1, "createdAt"])
+    assert frame["storageSize"].dtype == "Int64" and frame.loc[0, "storageSize"] == 118
+    assert frame.loc[0, ["vcpus", "memoryGib", "storageGib"]].tolist() == [2, 16.0, 118]
+    assert frame.loc[1, "vcpus"] == 2 and frame.loc[1, "memoryGib"] == 4.0
+    assert frame["isPrimary"].dtype == "boolean"
+    assert frame.loc[0, "tag.Environment"] == "production" and pd.isna(
+        frame.loc[1, "tag.Environment"]
+    )
+
+
+def test_services_frame_never_holds_secrets() -> None:
+    for frame in (services_frame([ITEM, CREATED]),
+                  services_frame([PostgresService.model_validate(CREATED)])):  # fmt: skip
+        assert not {"password", "connectionString"} & set(frame.columns)
+        text = frame.to_csv() + frame.to_html() + repr(frame)
+        assert "Sup3rSecretPassw0rd" not in text
+
+
+def test_models_and_dicts_give_the_same_frame() -> None:
+    from_dicts = services_frame([ITEM])
+    from_models = services_frame([PostgresServiceListItem.model_validate(ITEM)])
+    pd.testing.assert_frame_equal(from_models, from_dicts)
+
+
+def test_unknown_values_are_kept() -> None:
+    frame = services_frame([{**ITEM, "size": "future-size", "state": "hibernating"}])
+    assert frame.loc[0, "size"] == "future-size" and pd.isna(frame.loc[0, "vcpus"])
+    assert frame.loc[0, "state"] == "hibernating"
+
+
+def test_empty_services_frame_keeps_its_columns() -> None:
+    frame = services_frame([])
+    assert list(frame.columns) == FIXED and len(frame) == 0
+    assert frame["createdAt"].dtype == UTC
+
+
+MESSAGE = (
+    "The changes in the following parameters require a database restart to take effect: "
+    "max_connections, work_mem. You can restart the database by using the restart endpoint."
+)
+
+
+def test_config_frame_typed_values_restart_and_source() -> None:
+    response = PostgresInstanceUpdateConfigResponse.model_validate({
+        "pgConfig": {"max_connections": "42", "work_mem": "4MB", "statement_timeout": "60s",
+                     "random_page_cost": "1.1", "wal_compression": "lz4", "min_wal_size": 80,
+                     "idle_session_timeout": "2000", "autovacuum_work_mem": "-1"},
+        "pgBouncerConfig": {"default_pool_size": "16", "listen_port": "6432"},
+        "message": MESSAGE,
+    })  # fmt: skip
+    frame = config_frame(response)
+    assert list(frame.columns) == ["section", "key", "value", "raw", "kind", "needs_restart",
+                                   "source"]  # fmt: skip
+    row = frame.set_index("key")
+    assert row.loc["max_connections", "value"] == 42
+    assert row.loc["work_mem", "value"] == 4 * 2**20
+    assert row.loc["min_wal_size", "value"] == 80 * 2**20  # bare number: MB for this key
+    assert row.loc["statement_timeout", "value"] == pd.Timedelta(seconds=60)
+    assert row.loc["idle_session_timeout", "value"] == pd.Timedelta(milliseconds=2000)
+    assert row.loc["random_page_cost", "value"] == 1.1
+    assert row.loc["wal_compression", ["value", "kind"]].tolist() == ["lz4", "text"]
+    assert row.loc["autovacuum_work_mem", "value"] == -1
+    assert row.loc["default_pool_size", "value"] == 16
+    assert row.loc["work_mem", "raw"] == "4MB"
+    # restart: from the documented set and from the API's message
+    restart = set(frame.loc[frame["needs_restart"], "key"])
+    assert {"max_connections", "work_mem", "max_worker_processes", "listen_port"} <= restart
+    assert "statement_timeout" not in restart
+    # defaults fill the 31 keys; user keys say so
+    pg = frame[frame["section"] == "pgConfig"]
+    assert len(pg) == len(PG_DEFAULTS) == 31
+    assert row.loc["max_connections", "source"] == "user"
+    assert row.loc["max_wal_size", "source"] == "default"
+    assert frame.attrs["message"] == MESSAGE
+
+
+def test_config_frame_from_a_get_without_defaults() -> None:
+    frame = config_frame({"pgConfig": {"max_connections": "100"}, "pgBouncerConfig": None},
+                         defaults=False)  # fmt: skip
+    assert frame["key"].tolist() == ["max_connections"]
+    assert frame["needs_restart"].tolist() == [True]
+    assert frame["needs_restart"].dtype == bool
+
+
+def test_metrics_frame() -> None:
+    metrics = PostgresMetrics.model_validate({"metrics": [
+        {"key": "cpu_usage", "name": "CPU", "unit": "%", "description": "CPU usage",
+         "series": [{"label": "user", "dataPoints": [{"timestamp": 1780000000, "value": 1.5},
+                                                     {"timestamp": 1780000060, "value": 2}]},
+                    {"label": "system", "dataPoints": [{"timestamp": 1780000000, "value": 0.5}]}]},
+        {"key": "connection_count", "name": "Connections", "unit": "count", "description": "",
+         "series": [{"label": "active", "dataPoints": [{"timestamp": 1780000000, "value": 3}]}]},
+    ]})  # fmt: skip
+    frame = metrics_frame(metrics)
+    assert list(frame.columns) == ["timestamp", "key", "name", "unit", "label", "value"]
+    assert frame["timestamp"].dtype == UTC
+    assert frame.loc[0, "timestamp"] == pd.Timestamp(1780000000, unit="s", tz="UTC")
+    assert frame["value"].tolist() == [1.5, 2.0, 0.5, 3.0]
+    assert frame["value"].dtype == "float64"
+    assert isinstance(frame["key"].dtype, pd.CategoricalDtype)
+    assert frame.attrs["descriptions"]["cpu_usage"] == "CPU usage"
+    assert len(metrics_frame({"metrics": []})) == 0
+
+
+PATTERN: dict[str, Any] = {
+    "queryId": "-4748036479882663975", "queryText": "select 1", "dbName": "postgres",
+    "dbUser": "postgres", "dbOperation": "SELECT", "app": "psql", "callCount": "12",
+    "errorCount": 0, "totalDurationUs": 1200, "avgDurationUs": 100, "maxDurationUs": 300,
+    "p50DurationUs": 90, "p95DurationUs": 250, "p99DurationUs": 290, "totalRows": 12,
+    "totalSharedBlksRead": 0, "totalSharedBlksHit": 24, "totalCpuTimeUs": 800, "totalWalBytes": 0,
+}  # fmt: skip
+
+
+def test_slow_queries_frame() -> None:
+    frame = slow_queries_frame([PostgresSlowQueryPattern.model_validate(PATTERN), PATTERN])
+    assert list(frame.columns)[:5] == ["queryId", "dbName", "dbUser", "dbOperation", "app"]
+    assert frame.columns[-1] == "queryText"
+    assert frame["queryId"].tolist() == ["-4748036479882663975"] * 2  # an id, kept as text
+    assert frame["callCount"].dtype == "Int64" and frame["callCount"].tolist() == [12, 12]
+    assert isinstance(frame["dbOperation"].dtype, pd.CategoricalDtype)
+
+
+def test_executions_frame() -> None:
+    execution = {**{k: 0 for k in ("durationUs", "rows", "walBytes")}, "timestamp":
+                 "2026-05-25T16:42:16.123Z", "queryId": "1", "dbName": "d", "dbUser": "u",
+                 "dbOperation": "SELECT", "app": "a", "queryText": "q", "pid": "4242",
+                 "serverRole": "primary"}  # fmt: skip
+    frame = executions_frame({"aggregate": PATTERN, "recentExecutions": [execution]})
+    assert frame.loc[0, "pid"] == 4242 and frame["pid"].dtype == "Int64"
+    assert frame["timestamp"].dtype == UTC
+    assert list(frame.columns)[:3] == ["timestamp", "queryId", "dbName"]
+
+
+def test_logs_frame_orders_severities() -> None:
+    entries = [
+        PostgresLogEntry.model_validate({"timestamp": "2026-05-25T16:42:16Z", "severity": "LOG",
+                                         "body": "checkpoint starting"}),
+        {"timestamp": "2026-05-25T16:42:17+00:00", "severity": "ERROR", "body": '{"a": 1}'},
+        {"timestamp": "2026-05-25T16:42:18Z", "severity": "WEIRD", "body": "x"},
+    ]  # fmt: skip
+    frame = logs_frame(entries)
+    assert list(frame.columns) == ["timestamp", "severity", "body"]
+    assert frame["severity"].cat.ordered
+    assert frame.loc[frame["severity"] >= "WARNING", "body"].tolist() == ['{"a": 1}', "x"]
+    assert frame["timestamp"].dtype == UTC
+
+
+@pytest.mark.parametrize("bad", [42, "text", None])
+def test_frames_reject_what_is_not_an_api_object(bad: object) -> None:
+    with pytest.raises(TypeError):
+        services_frame([bad])
