@@ -424,11 +424,7 @@ class Cluster:
             d.mkdir(mode=0o700, exist_ok=True)
             _chown_tree(d)
 
-        ca_cert, ca_key = certs.make_ca(f"{hostnames[0] if hostnames else 'sandbox'} CA")
-        cert, key = certs.make_server_cert(ca_cert, ca_key, hostnames)
-        _write(self._root / "ca.pem", ca_cert, 0o644)
-        _write(self.pgdata / "server.crt", cert, 0o644)
-        _write(self.pgdata / "server.key", key, 0o600)
+        self._write_certificates(hostnames)
         _write(self.pgdata / "pg_hba.conf", HBA)
         base = _render_conf(self._base_settings(), "managed by pgcloud-nb; not user settings")
         _write(self.pgdata / BASE_CONF, base)
@@ -720,6 +716,23 @@ class Cluster:
     def pending_restart(self) -> list[str]:
         with self.connect() as conn:
             return self._pending(conn)
+
+    def _write_certificates(self, hostnames: list[str]) -> None:
+        # A fresh CA each time: the CA key is never kept, so nothing can mint more certs.
+        ca_cert, ca_key = certs.make_ca(f"{hostnames[0] if hostnames else 'sandbox'} CA")
+        cert, key = certs.make_server_cert(ca_cert, ca_key, hostnames)
+        _write(self._root / "ca.pem", ca_cert, 0o644)
+        _write(self.pgdata / "server.crt", cert, 0o644)
+        _write(self.pgdata / "server.key", key, 0o600)
+
+    def reissue_certificate(self, hostnames: list[str]) -> None:
+        """New CA and server certificate for new names (a rename); a reload makes
+        new connections use them without a restart."""
+        with self._lock:
+            self._write_certificates(hostnames)
+            if self.is_running():
+                with self.connect() as conn:
+                    conn.execute("SELECT pg_reload_conf()")
 
     def ca_pem(self) -> str:
         return (self._root / "ca.pem").read_text()
