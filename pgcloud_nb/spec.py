@@ -106,7 +106,9 @@ def _describe(err: jsonschema.ValidationError) -> str:
     if err.validator == "enum":
         return f"{shown} is not one of the allowed values"
     if err.validator in ("type", "format", "pattern"):
-        return f"{shown} is not a valid {err.validator_value if err.validator == 'type' else 'value'}"
+        return (
+            f"{shown} is not a valid {err.validator_value if err.validator == 'type' else 'value'}"
+        )
     return err.message if len(err.message) <= 160 else f"{shown} breaks the '{err.validator}' rule"
 
 

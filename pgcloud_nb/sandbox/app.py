@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pgcloud_nb import spec
@@ -115,7 +115,9 @@ def parse_date(request: Request, name: str, *, required: bool = True) -> datetim
     return parsed
 
 
-def parse_int(request: Request, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
+def parse_int(
+    request: Request, name: str, *, minimum: int, maximum: int | None = None
+) -> int | None:
     value = request.query_params.get(name)
     if value is None:
         return None
@@ -202,7 +204,8 @@ class Sandbox:
         if scheme.lower() != "basic" or not good:
             raise APIError(
                 401,
-                "Unauthorized: invalid or missing API key (use HTTP Basic auth with key ID and secret)",
+                "Unauthorized: invalid or missing API key"
+                " (use HTTP Basic auth with key ID and secret)",
                 {"WWW-Authenticate": 'Basic realm="ClickHouse Cloud API"'},
             )
 
@@ -246,15 +249,23 @@ class Sandbox:
 
     async def list_services(self, request: Request) -> Response:
         self.org(request)
-        return ok([list_item(r) for r in self.store.list()])
+        return ok([list_item(r) for r in self.store.rows()])
 
     async def create_service(self, request: Request) -> Response:
         self.org(request)
         body = await json_body(request, "PostgresServicePostRequest")
+        if len(self.store.rows()) >= self.settings.max_services:
+            raise bad_request(
+                f"BAD_REQUEST: the organization has reached its limit of "
+                f"{self.settings.max_services} Postgres services"
+            )
         row, password = self.life.new_row(body)
         # The one answer that carries the credentials (API-NOTES §7).
-        view = {**service_view(row), "password": password,
-                "connectionString": connection_string(row, password)}
+        view = {
+            **service_view(row),
+            "password": password,
+            "connectionString": connection_string(row, password),
+        }
         return ok(view)
 
     async def get_service(self, request: Request) -> Response:
@@ -266,7 +277,9 @@ class Sandbox:
         if row.state == "deleting":
             raise Conflict("Service is deleting.")
         if not row.is_primary and {"size", "haType", "tags"} & body.keys():
-            raise bad_request("BAD_REQUEST: read replicas do not accept size, haType or tags changes")
+            raise bad_request(
+                "BAD_REQUEST: read replicas do not accept size, haType or tags changes"
+            )
         changes: dict[str, Any] = {}
         if "size" in body:
             changes["size"] = body["size"]
@@ -313,7 +326,9 @@ class Sandbox:
             return ok(service_view(await self.life.restart(row)))
         if command == "promote":
             if row.is_primary:  # API-NOTES §6: probably 400 [U]
-                raise bad_request("BAD_REQUEST: only a read replica can be promoted; this service is a primary")
+                raise bad_request(
+                    "BAD_REQUEST: only a read replica can be promoted; this service is a primary"
+                )
             raise bad_request(f"BAD_REQUEST: promote {LATER}")
         return ok(service_view(await self.life.switchover(row)))
 
@@ -348,7 +363,9 @@ class Sandbox:
         try:
             pending = await self.life.apply_config(row, pg, bouncer)
         except engine.ConfigValueError as exc:
-            raise bad_request(f"BAD_REQUEST: request body.pgConfig.{exc.param}: {exc.message}") from None
+            raise bad_request(
+                f"BAD_REQUEST: request body.pgConfig.{exc.param}: {exc.message}"
+            ) from None
         updated = self.store.get(row.id)
         assert updated is not None
         result = config_view(updated, await self._current_max_connections(updated))
@@ -398,7 +415,7 @@ class Sandbox:
 
     async def org_prometheus(self, request: Request) -> Response:
         self.org(request)
-        return await self._exposition(self.store.list()[:ORG_PROMETHEUS_MAX])
+        return await self._exposition(self.store.rows()[:ORG_PROMETHEUS_MAX])
 
     async def service_prometheus(self, request: Request) -> Response:
         return await self._exposition([self.service(request)])
@@ -408,8 +425,10 @@ class Sandbox:
     async def not_yet(self, request: Request) -> Response:
         self.service(request)
         what = request.url.path.rsplit("/", 1)[-1]
-        schema = {"readReplica": "PostgresServiceReadReplicaRequest",
-                  "restoredService": "PostgresServiceRestoreRequest"}.get(what)
+        schema = {
+            "readReplica": "PostgresServiceReadReplicaRequest",
+            "restoredService": "PostgresServiceRestoreRequest",
+        }.get(what)
         if schema:  # still refuse bad input with the field's name first
             await json_body(request, schema)
         raise bad_request(f"BAD_REQUEST: {what} {LATER}")
@@ -423,7 +442,8 @@ async def json_body_config(request: Request) -> dict[str, Any]:
     except APIError as exc:
         raw = json.loads(await request.body() or b"{}")
         errors = [
-            e for e in spec.validate_body("postgresInstanceConfig", raw)
+            e
+            for e in spec.validate_body("postgresInstanceConfig", raw)
             if not (e.field in ("pgConfig", "pgBouncerConfig") and raw.get(e.field) == {})
         ]
         if errors:
@@ -471,7 +491,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)
-        return JSONResponse(envelope(exc.status, error=exc.message), exc.status, headers=exc.headers)
+        return JSONResponse(
+            envelope(exc.status, error=exc.message), exc.status, headers=exc.headers
+        )
 
     async def conflict(request: Request, exc: Exception) -> Response:
         return JSONResponse(envelope(409, error=f"CONFLICT: {exc}"), 409)
@@ -490,7 +512,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(envelope(500, error="INTERNAL_ERROR: the sandbox failed; see server.log"), 500)
+        return JSONResponse(
+            envelope(500, error="INTERNAL_ERROR: the sandbox failed; see server.log"), 500
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -11,9 +11,11 @@ Layout of ``$PGCLOUD_SANDBOX_HOME``::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,18 +64,24 @@ class SandboxHome:
         """The sandbox's org and API key, generated once and stored with mode 0600."""
         self.ensure()
         f = self.path / "credentials.json"
-        try:
-            data = json.loads(f.read_text())
-        except FileNotFoundError:
+        if not f.exists():
             data = {
                 "org_id": str(uuid.uuid4()),
                 # Shaped like real keys: a 20-character ID and a 40-character secret.
                 "key_id": secrets.token_hex(10).upper(),
                 "key_secret": "4b1d" + secrets.token_urlsafe(30)[:36],
             }
-            fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(data, out)
+            # Write a private temp file, then link it into place: a racing start
+            # either wins or finds the winner's complete file, never a half-written one.
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".credentials-")
+            try:
+                with os.fdopen(fd, "w") as out:
+                    json.dump(data, out)
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, f)
+            finally:
+                os.unlink(tmp)
+        data = json.loads(f.read_text())
         return Credentials(data["org_id"], data["key_id"], data["key_secret"])
 
     def read_server(self) -> dict[str, Any] | None:

@@ -53,8 +53,10 @@ def generate_password(length: int = 24) -> str:
     alphabet = string.ascii_letters + string.digits
     while True:
         pw = "".join(secrets.choice(alphabet) for _ in range(length))
-        if any(c.islower() for c in pw) and any(c.isupper() for c in pw) and any(
-            c.isdigit() for c in pw
+        if (
+            any(c.islower() for c in pw)
+            and any(c.isupper() for c in pw)
+            and any(c.isdigit() for c in pw)
         ):
             return pw
 
@@ -70,7 +72,9 @@ def make_hostname(name: str, service_id: str, region: str, provider: str) -> str
     maps it, so connection strings also carry ``hostaddr=127.0.0.1``; the name
     still matters to TLS, whose certificate lists it.
     """
-    cluster = "pg" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(24))
+    cluster = "pg" + "".join(
+        secrets.choice(string.ascii_lowercase + string.digits) for _ in range(24)
+    )
     region = re.sub(r"[^a-z0-9-]+", "-", region.lower()).strip("-") or "local"
     return f"{_slug(name)}-{service_id[:8]}.{cluster}.c0.{region}.{provider}.pg.sandbox.localhost"
 
@@ -321,7 +325,7 @@ class Lifecycle:
     async def sample_forever(self) -> None:
         last_prune = 0.0
         while True:
-            for row in self.store.list():
+            for row in self.store.rows():
                 if row.state == "running":
                     await self.sample(row)
             if time.time() - last_prune > 3600:
@@ -333,7 +337,7 @@ class Lifecycle:
 
     async def resume(self) -> None:
         """Bring each stored service back to its recorded state (after a crash too)."""
-        for row in self.store.list():
+        for row in self.store.rows():
             if row.state == "creating":
                 self.spawn(self.provision(row.id), f"provision {row.id}")
             elif row.state == "deleting":

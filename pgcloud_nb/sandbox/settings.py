@@ -8,6 +8,7 @@ start unless ``provisioning_delay`` asks for more.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ def parse_rate_limit(text: str) -> tuple[int, float]:
     try:
         n, w = int(count), float(window or "10")
     except ValueError:
-        raise ValueError(f"rate limit must look like '10/10' (requests/seconds) or 'off', got {text!r}") from None
+        raise ValueError(
+            f"rate limit must look like '10/10' (requests/seconds) or 'off', got {text!r}"
+        ) from None
     if n < 0 or w <= 0:
         raise ValueError(f"rate limit needs a positive count and window, got {text!r}")
     return n, w
@@ -66,6 +69,24 @@ def parse_faults(text: str) -> dict[str, float]:
     return out
 
 
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser().resolve()
+
+
+# (variable, field, parser): one table, so from_env and the docs cannot drift apart.
+_ENV: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
+    ("PGCLOUD_SANDBOX_HOME", "home", _path),
+    ("PGCLOUD_SANDBOX_PORT", "port", int),
+    ("PGCLOUD_SANDBOX_PROVISIONING_DELAY", "provisioning_delay", float),
+    ("PGCLOUD_SANDBOX_RATE_LIMIT", "rate_limit", parse_rate_limit),
+    ("PGCLOUD_SANDBOX_LATENCY", "latency", float),
+    ("PGCLOUD_SANDBOX_FAULTS", "faults", parse_faults),
+    ("PGCLOUD_SANDBOX_SAMPLE_INTERVAL", "sample_interval", float),
+    ("PGCLOUD_SANDBOX_SEED", "seed", int),
+    ("PGCLOUD_SANDBOX_MAX_SERVICES", "max_services", int),
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path = field(default_factory=default_home)
@@ -77,28 +98,30 @@ class Settings:
     latency: float = 0.0  # seconds added to every answer
     faults: dict[str, float] = field(default_factory=dict)  # kind -> share of answers
     sample_interval: float = 10.0  # seconds between telemetry samples of each service
+    # Every service is a real server on this machine, so the org has a quota, as real orgs do.
+    max_services: int = 50
     seed: int | None = None  # seeds fault injection, for reproducible tests
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``PGCLOUD_SANDBOX_*`` variables; ``overrides`` (flags) win.
+
+        A bad value raises ValueError naming the variable.
+        """
         e = os.environ if env is None else env
         kw: dict[str, Any] = {}
-        if v := e.get("PGCLOUD_SANDBOX_HOME"):
-            kw["home"] = Path(v).expanduser().resolve()
-        if v := e.get("PGCLOUD_SANDBOX_PORT"):
-            kw["port"] = int(v)
-        if v := e.get("PGCLOUD_SANDBOX_PROVISIONING_DELAY"):
-            kw["provisioning_delay"] = float(v)
-        if (v := e.get("PGCLOUD_SANDBOX_RATE_LIMIT")) is not None:
-            kw["rate_limit"], kw["rate_window"] = parse_rate_limit(v)
-        if v := e.get("PGCLOUD_SANDBOX_LATENCY"):
-            kw["latency"] = float(v)
-        if v := e.get("PGCLOUD_SANDBOX_FAULTS"):
-            kw["faults"] = parse_faults(v)
-        if v := e.get("PGCLOUD_SANDBOX_SAMPLE_INTERVAL"):
-            kw["sample_interval"] = float(v)
-        if v := e.get("PGCLOUD_SANDBOX_SEED"):
-            kw["seed"] = int(v)
+        for var, name, parse in _ENV:
+            raw = e.get(var)
+            if raw is None or (raw == "" and name != "rate_limit"):
+                continue
+            try:
+                value = parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"{var}={raw!r}: {exc}") from None
+            if name == "rate_limit":
+                kw["rate_limit"], kw["rate_window"] = value
+            else:
+                kw[name] = value
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 
@@ -113,6 +136,7 @@ class Settings:
             "PGCLOUD_SANDBOX_LATENCY": str(self.latency),
             "PGCLOUD_SANDBOX_FAULTS": ",".join(f"{k}={v}" for k, v in self.faults.items()),
             "PGCLOUD_SANDBOX_SAMPLE_INTERVAL": str(self.sample_interval),
+            "PGCLOUD_SANDBOX_MAX_SERVICES": str(self.max_services),
         }
         if self.seed is not None:
             env["PGCLOUD_SANDBOX_SEED"] = str(self.seed)

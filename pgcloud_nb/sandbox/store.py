@@ -142,7 +142,7 @@ class Store:
             found = cur.fetchone()
         return self._row(found) if found else None
 
-    def list(self) -> list[ServiceRow]:
+    def rows(self) -> list[ServiceRow]:
         with self._lock:
             cur = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM services ORDER BY seq")
             return [self._row(r) for r in cur.fetchall()]
@@ -170,8 +170,9 @@ class Store:
 
     # -- telemetry samples ------------------------------------------------
 
-    def add_sample(self, service_id: str, taken_at: float, data: dict[str, Any],
-                   counters: dict[str, Any]) -> None:
+    def add_sample(
+        self, service_id: str, taken_at: float, data: dict[str, Any], counters: dict[str, Any]
+    ) -> None:
         """Store one sample and the counter state it advanced, atomically."""
         with self.transaction() as db:
             db.execute(
