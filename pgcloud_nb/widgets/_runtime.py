@@ -274,7 +274,7 @@ def wait_job(
 
 def poll_job(
     fetch: Callable[[], T],
-    apply: Callable[[T], None],
+    apply: Callable[[T], object],
     *,
     interval: Callable[[], float],
     room: Callable[[], bool],

@@ -125,7 +125,7 @@ class ConfigEditor(ServiceWidget):
         body = {"pgConfig": changed, "pgBouncerConfig": {}}
         self.diff.value = (
             f"<table class='pgcloud-diff'>{rows}</table>" if rows else "<i>no changes</i>"
-        ) + f"<small>PATCH body</small><pre>{html.escape(json.dumps(body, indent=1))}</pre>"
+        ) + f"<small>PATCH body</small><pre>{html.escape(json.dumps(body, indent=1), quote=False)}</pre>"
         if errors:
             self.status.set(f"{len(errors)} invalid value(s)", icon="⚠️")
         return body

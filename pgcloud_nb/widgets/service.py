@@ -174,7 +174,7 @@ class TagEditor(ServiceWidget):
         shown = "\n".join(lines) or "(no changes)"
         self.diff.value = (
             f"<pre class='pgcloud-diff'>{html.escape(shown)}</pre>"
-            f"<small>PATCH body</small><pre>{html.escape(json.dumps(body, indent=1))}</pre>"
+            f"<small>PATCH body</small><pre>{html.escape(json.dumps(body, indent=1), quote=False)}</pre>"
         )
         return lines
 
