@@ -374,3 +374,70 @@ def test_nothing_lost_across_kill_9(tmp_path: Path) -> None:
     # stop stops every PostgreSQL server the sandbox ran.
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=3)
+
+
+def test_rename_changes_hostname_and_certificate(
+    api: httpx.Client, service: dict[str, Any], tmp_path: Path
+) -> None:
+    sid = service["id"]
+    old_ca = api.get(f"/postgres/{sid}/caCertificates").text
+    renamed = result(api.patch(f"/postgres/{sid}", json={"name": "Renamed Service"}))
+    assert renamed["name"] == "Renamed Service"
+    assert renamed["hostname"].startswith(f"renamed-service-{sid[:8]}.")
+    assert renamed["hostname"] != service["hostname"]
+    new_ca = api.get(f"/postgres/{sid}/caCertificates").text
+    assert new_ca != old_ca
+    (tmp_path / "ca.pem").write_text(new_ca)
+    # verify-full checks the new name against the reissued certificate.
+    dsn = service["connectionString"].replace(service["hostname"], renamed["hostname"])
+    with psycopg.connect(dsn, sslmode="verify-full", sslrootcert=str(tmp_path / "ca.pem")) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_service_quota(sandbox_root: Path) -> None:
+    from pgcloud_nb.sandbox import Sandbox, Settings
+
+    home = sandbox_root / "quota"
+    sb = Sandbox(home, Settings(home=home, rate_limit=0, max_services=1))
+    info = sb.start()
+    try:
+        with httpx.Client(
+            base_url=f"{info.url}/v1/organizations/{info.org_id}",
+            auth=(info.key_id, info.key_secret),
+            timeout=60,
+        ) as api:
+            result(api.post("/postgres", json=CREATE))
+            assert "limit of 1" in error(api.post("/postgres", json=CREATE), 400)
+            assert len(result(api.get("/postgres"))) == 1
+    finally:
+        sb.stop()
+
+
+def test_create_cut_short_by_kill_9_is_finished(sandbox_root: Path) -> None:
+    """kill -9 right after a create answered: on start the service still comes up,
+    with the password its create response promised."""
+    import os
+    import signal
+
+    from pgcloud_nb.sandbox import Sandbox, Settings
+
+    home = sandbox_root / "cut-short"
+    # The delay keeps the service in `creating` while the server is killed.
+    sb = Sandbox(home, Settings(home=home, rate_limit=0, provisioning_delay=5))
+    info = sb.start()
+    try:
+        base = f"/v1/organizations/{info.org_id}"
+        with httpx.Client(base_url=info.url + base, auth=(info.key_id, info.key_secret)) as api:
+            created = result(api.post("/postgres", json=CREATE))
+        os.kill(info.pid, signal.SIGKILL)
+        info2 = sb.start()
+        with httpx.Client(
+            base_url=info2.url + base, auth=(info2.key_id, info2.key_secret), timeout=60
+        ) as api:
+            services = result(api.get("/postgres"))
+            assert [s["id"] for s in services] == [created["id"]]  # no half-made twin
+            wait_state(api, created["id"], "running")
+        with psycopg.connect(created["connectionString"]) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        sb.stop()
