@@ -470,6 +470,9 @@ class Client(Observability):
                 "dbname": "postgres",
                 "port": extra.get("port", 5432),
             }
+            if (svc.hostname or "").endswith(".localhost"):
+                # RFC 6761: *.localhost is loopback, but not every resolver maps it.
+                params["hostaddr"] = "127.0.0.1"
         if known is not None:
             params["password"] = known.password.get_secret_value()
         params.update(psycopg_kwargs)

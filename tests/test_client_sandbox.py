@@ -217,3 +217,13 @@ def _connect_with_retries(info: Any, policy: RetryPolicy) -> Client:
         client.requester.policy = policy
         return client
     raise AssertionError("could not connect to the faulty sandbox")
+
+
+def test_a_fresh_client_connects_after_a_reset(running: str, sandbox: Any) -> None:
+    """A client that never saw the create: the reset's password, the service's
+    hostname (``*.localhost``) and port are enough to connect."""
+    with _connect(sandbox, Budget.unlimited()) as other:
+        assert not other.knows_password(running)
+        other.reset_password(running)
+        with other.connect_service(running) as conn:
+            assert conn.execute("select current_user").fetchone() == ("postgres",)

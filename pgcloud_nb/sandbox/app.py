@@ -156,7 +156,9 @@ def list_item(row: ServiceRow) -> dict[str, Any]:
 
 def service_view(row: ServiceRow) -> dict[str, Any]:
     # API-NOTES §7: no password or connection string outside create / reset.
-    return {**list_item(row), "username": row.username, "hostname": row.hostname}
+    # `port` is a sandbox extension: every real service listens on 5432 (API-NOTES
+    # §5.1), but here each service has its own; extra fields are allowed by the spec.
+    return {**list_item(row), "username": row.username, "hostname": row.hostname, "port": row.port}
 
 
 # A spec-valid answer never has an empty section (minProperties: 1), although the
