@@ -5,20 +5,18 @@ Why it looks like this:
 - **Speed.** A create must reach ``running`` in ≤ 3 s and a restart take ≤ 1 s
   (the product's figures) on a small box. ``initdb`` alone costs about a second,
   so :meth:`Cluster.init` copies a template data folder made once per set of
-  binaries (``template_dir``) and then writes fresh certificates and settings.
-  Start and stop signal the postmaster and poll ``postmaster.pid`` every 10 ms
-  instead of going through ``pg_ctl -w`` (which polls every 100 ms).
+  binaries (``template_dir``, see :mod:`datadir`) and then writes fresh
+  certificates and settings. Start and stop signal the postmaster and poll
+  ``postmaster.pid`` every 10 ms instead of going through ``pg_ctl -w`` (which
+  polls every 100 ms).
 - **Root.** PostgreSQL refuses to run as root, so as root every PostgreSQL
-  program runs as an unprivileged user (``postgres``, or
-  ``$PGCLOUD_SANDBOX_PG_USER``) who owns the service folder. Every parent of a
-  data folder must be traversable by that user: :func:`usable_clusters_dir`
-  moves an unreachable folder under /tmp and leaves a symlink behind.
+  program runs as an unprivileged user who owns the service folder
+  (:mod:`pguser`, which also makes the clusters folder reachable by that user).
 - **Adoption.** Servers outlive the sandbox process (they run in their own
   session). A new :class:`Cluster` for the same folder finds its server through
   ``postmaster.pid``, checking that the pid really is that folder's postmaster.
 - **Secrets.** Passwords reach the server only as SCRAM verifiers computed
-  client-side, in a session with statement logging and pg_stat_statements'
-  utility tracking off, so the clear password is in no log or statistics view.
+  client-side (:mod:`pgpassword`), so the clear password is in no log.
 
 Layout of a service folder (``root``)::
 
@@ -27,6 +25,11 @@ Layout of a service folder (``root``)::
     socket/            unix socket (0700): the only way in without a password
     log/               startup.log (stderr before the log collector) and jsonlog files
     ca.pem             the service's CA certificate
+
+The settings files are rendered and checked by :mod:`pgconf`; the exceptions live
+in :mod:`pgerrors`. This module re-exports what the rest of the sandbox imports
+from here (:class:`EngineError`, :class:`ConfigValueError`, :func:`pg_user`,
+:func:`usable_clusters_dir`, :func:`scram_verifier`, ``USER_CONF``).
 """
 
 from __future__ import annotations
@@ -36,8 +39,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import pwd
-import re
 import shutil
 import signal
 import socket
@@ -49,11 +50,27 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import pq, sql
 
-from . import certs, pgbin
+from . import certs, datadir, pgbin, pgconf, pgpassword, pguser
+from .datadir import SUPERUSER
+from .pgconf import BASE_CONF, HBA, USER_CONF, USER_HEADER, render_conf
+from .pgerrors import ConfigValueError, EngineError
+from .pgpassword import scram_verifier
+from .pguser import (
+    POLL,
+    as_pg_user,
+    chown_tree,
+    pg_env,
+    pg_user,
+    proc_alive,
+    read_pidfile,
+    usable_clusters_dir,
+    write_owned,
+)
+from .pguser import _traversable as _traversable  # re-exported: the tests check it here
 
 __all__ = [
+    "USER_CONF",
     "Cluster",
     "ConfigValueError",
     "EngineError",
@@ -64,125 +81,9 @@ __all__ = [
     "usable_clusters_dir",
 ]
 
-ENV_PG_USER = "PGCLOUD_SANDBOX_PG_USER"
-SUPERUSER = "postgres"
-USER_CONF = "pgcloud.conf"
-USER_HEADER = "user settings (the API's pgConfig), managed by pgcloud-nb"
-BASE_CONF = "pgcloud-base.conf"
 FIRST_START = ".first-start.json"  # what start() still has to do once: set the password
-POLL = 0.01
 SOCKET_PATH_MAX = 100  # sockaddr_un holds 107 bytes; leave room for ".s.PGSQL.<port>"
 STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
-
-HBA = """\
-# pgcloud-nb sandbox. The socket folder is 0700, so only the server's user (and root) get here.
-local     all          all                 trust
-hostssl   all          all   127.0.0.1/32  scram-sha-256
-hostssl   all          all   ::1/128       scram-sha-256
-hostssl   replication  all   127.0.0.1/32  scram-sha-256
-hostssl   replication  all   ::1/128       scram-sha-256
-# Like the real service: no connection without TLS.
-hostnossl all          all   0.0.0.0/0     reject
-hostnossl all          all   ::/0          reject
-"""
-
-
-class EngineError(RuntimeError):
-    """A PostgreSQL server could not be made, started, stopped or configured."""
-
-
-class ConfigValueError(EngineError, ValueError):
-    """A setting was refused by PostgreSQL; the previous settings stay in force."""
-
-    def __init__(self, param: str, pg_message: str) -> None:
-        super().__init__(f"{param}: {pg_message}")
-        self.param = param
-        self.pg_message = pg_message
-
-    @property
-    def message(self) -> str:
-        """Alias of ``pg_message`` (the app's error envelope reads this name)."""
-        return self.pg_message
-
-
-# ---------------------------------------------------------------------------- users, folders
-
-
-def pg_user() -> pwd.struct_passwd:
-    """The account PostgreSQL runs as: ourselves, or an unprivileged user when we are root."""
-    if os.geteuid() != 0:
-        return pwd.getpwuid(os.geteuid())
-    name = os.environ.get(ENV_PG_USER, "postgres")
-    try:
-        user = pwd.getpwnam(name)
-    except KeyError:
-        raise EngineError(
-            f"running as root, PostgreSQL needs an unprivileged user: no user {name!r} "
-            f"(create it, or set ${ENV_PG_USER})"
-        ) from None
-    if user.pw_uid == 0:
-        raise EngineError(f"${ENV_PG_USER}={name} is root; PostgreSQL refuses to run as root")
-    return user
-
-
-def _traversable(path: Path, user: pwd.struct_passwd) -> bool:
-    """Whether ``user`` can reach ``path`` (every folder from / down to it has x for them)."""
-    if user.pw_uid == os.geteuid() != 0:
-        return os.access(path, os.X_OK)
-    groups = {g for g in os.getgrouplist(user.pw_name, user.pw_gid)}
-    for p in [path, *path.parents]:
-        st = p.stat()
-        if st.st_uid == user.pw_uid:
-            bit = 0o100
-        elif st.st_gid in groups:
-            bit = 0o010
-        else:
-            bit = 0o001
-        if not st.st_mode & bit:
-            return False
-    return True
-
-
-def usable_clusters_dir(wanted: Path) -> Path:
-    """``wanted`` if the PostgreSQL user can reach it, else a symlink to a reachable /tmp folder.
-
-    The sandbox keeps "one folder" (its home) even as root, whose home is 0700:
-    the clusters then really live in /tmp/pgcloud-nb-<uid>-<hash>, and
-    ``wanted`` points there. Returns ``wanted`` either way.
-    """
-    wanted = Path(wanted).absolute()
-    user = pg_user()
-    if wanted.is_symlink() or not wanted.exists():
-        wanted.parent.mkdir(parents=True, exist_ok=True)
-        target = wanted.resolve()
-        # A dangling or fresh path: try it where it is first.
-        if not wanted.is_symlink() and _traversable(wanted.parent.resolve(), user):
-            wanted.mkdir(mode=0o711, exist_ok=True)
-            return wanted
-        if wanted.is_symlink() and target.is_dir() and _traversable(target, user):
-            return wanted
-    elif _traversable(wanted.resolve(), user):
-        return wanted
-    digest = hashlib.sha1(str(wanted).encode()).hexdigest()[:10]
-    real = Path(f"/tmp/pgcloud-nb-{os.geteuid()}-{digest}")
-    with contextlib.suppress(FileExistsError):
-        real.mkdir(mode=0o711)
-    st = real.lstat()  # refuse a folder someone else planted in /tmp
-    if real.is_symlink() or st.st_uid != os.geteuid():
-        raise EngineError(f"{real} exists and is not ours; remove it")
-    real.chmod(0o711)  # traversable, not listable
-    if wanted.is_symlink():
-        wanted.unlink()
-    elif wanted.is_dir():
-        if any(wanted.iterdir()):
-            raise EngineError(
-                f"{wanted} is not reachable by user {user.pw_name!r} and is not empty; "
-                "move it under a reachable folder or set PGCLOUD_SANDBOX_HOME"
-            )
-        wanted.rmdir()
-    wanted.symlink_to(real, target_is_directory=True)
-    return wanted
 
 
 def free_port() -> int:
@@ -195,55 +96,8 @@ def free_port() -> int:
             return port
 
 
-def scram_verifier(password: str) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password``, computed locally.
+# ---------------------------------------------------------------------------- locks
 
-    libpq computes it (SASLprep included) without a server when the algorithm is
-    given, so a never-connected PGconn is enough.
-    """
-    conn = pq.PGconn.connect_start(b"host=/nonexistent port=1")
-    try:
-        verifier: bytes = conn.encrypt_password(
-            password.encode(), SUPERUSER.encode(), b"scram-sha-256"
-        )
-        return verifier.decode()
-    finally:
-        conn.finish()
-
-
-def _conf_quote(value: str) -> str:
-    """A postgresql.conf string literal."""
-    escaped = value.replace("\\", "\\\\").replace("'", "''")
-    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return f"'{escaped}'"
-
-
-def _render_conf(settings: dict[str, str], header: str) -> str:
-    lines = [f"# {header}"]
-    lines += [f"{name} = {_conf_quote(str(value))}" for name, value in settings.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _proc_alive(pid: int) -> bool:
-    """True for a live process; false for a zombie (PID 1 here may never reap orphans)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-# ---------------------------------------------------------------------------- templates
-
-_template_lock = threading.Lock()
 _cluster_locks: dict[Path, threading.RLock] = {}
 _cluster_locks_guard = threading.Lock()
 
@@ -252,96 +106,6 @@ def _lock_for(root: Path) -> threading.RLock:
     """One lock per service folder: two threads must not start or reconfigure it at once."""
     with _cluster_locks_guard:
         return _cluster_locks.setdefault(root, threading.RLock())
-
-
-def _template(bindir: Path, template_dir: Path) -> Path:
-    """A pristine data folder for ``bindir``, made once (initdb + pg_stat_statements)."""
-    key = f"pg{pgbin.server_major(bindir)}-{hashlib.sha1(str(bindir).encode()).hexdigest()[:8]}"
-    with _template_lock:
-        # initdb runs as the PostgreSQL user, so the folder must be reachable by it.
-        folder = usable_clusters_dir(template_dir).resolve()
-        ready = folder / key
-        if ready.is_dir():
-            return ready
-        work = folder / f"{key}.tmp{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(mode=0o700)
-        _chown_tree(work)
-        _initdb(bindir, work)
-        try:
-            work.rename(ready)  # atomic: a half-made template is never used
-        except OSError:  # another sandbox process finished first
-            shutil.rmtree(work, ignore_errors=True)
-        return ready
-
-
-def _initdb(bindir: Path, pgdata: Path) -> None:
-    _run_pg(
-        [bindir / "initdb", "-D", pgdata, "-U", SUPERUSER, "-E", "UTF8", "--locale=C",
-         "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "--no-instructions"],
-        what="initdb",
-    )
-    # Single-user mode: no port, no password, no settings yet; makes the pg_stat_statements
-    # view exist in the admin database, as on the real service.
-    _run_pg(
-        [bindir / "postgres", "--single", "-D", pgdata, "-c", "shared_preload_libraries=",
-         SUPERUSER],
-        what="creating pg_stat_statements",
-        input="CREATE EXTENSION IF NOT EXISTS pg_stat_statements;\n",
-    )
-
-
-def _pg_env() -> dict[str, str]:
-    # libpq/server variables of the caller (PGDATA, PGOPTIONS, ...) must not leak in.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["LC_ALL"] = "C"
-    return env
-
-
-def _as_pg_user() -> dict[str, Any]:
-    if os.geteuid() != 0:
-        return {}
-    u = pg_user()
-    return {"user": u.pw_uid, "group": u.pw_gid, "extra_groups": []}
-
-
-def _run_pg(args: list[Any], *, what: str, input: str | None = None) -> str:
-    """Run a PostgreSQL program as the PostgreSQL user; EngineError with its output on failure."""
-    try:
-        done = subprocess.run(
-            [str(a) for a in args], input=input, capture_output=True, text=True, timeout=120,
-            cwd="/", env=_pg_env(), **_as_pg_user(),
-        )
-    except (OSError, subprocess.SubprocessError) as e:
-        raise EngineError(f"{what} failed: {e}") from e
-    if done.returncode:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
-        raise EngineError(f"{what} failed (exit {done.returncode}):\n{tail}")
-    return done.stdout
-
-
-def _chown_tree(path: Path) -> None:
-    if os.geteuid() != 0:
-        return
-    u = pg_user()
-    os.chown(path, u.pw_uid, u.pw_gid, follow_symlinks=False)
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            os.chown(os.path.join(dirpath, name), u.pw_uid, u.pw_gid, follow_symlinks=False)
-
-
-def _write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    """Write atomically, owned by the PostgreSQL user (it must read conf and key files)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    if os.geteuid() == 0:
-        u = pg_user()
-        os.chown(tmp, u.pw_uid, u.pw_gid)
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------- the cluster
@@ -406,80 +170,29 @@ class Cluster:
         if self.pgdata.exists():
             raise EngineError(f"{self.pgdata} already exists")
         self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _chown_tree(self._root)
-        if template_dir is None:
-            self.pgdata.mkdir(mode=0o700)
-            _chown_tree(self.pgdata)
-            _initdb(self.bindir, self.pgdata)
-        else:
-            src = _template(self.bindir, Path(template_dir))
-            # cp -a keeps owners and modes and beats shutil.copytree; --sparse skips the
-            # zeros of the preallocated WAL segment (less to write back on a busy disk).
-            done = subprocess.run(
-                ["cp", "-a", "--sparse=always", str(src), str(self.pgdata)], capture_output=True
-            )
-            if done.returncode:
-                raise EngineError(f"copying template {src} failed: {done.stderr.decode()}")
+        chown_tree(self._root)
+        datadir.make(self.bindir, self.pgdata, template_dir)
         for d in (self.socket_dir, self.log_dir):
             d.mkdir(mode=0o700, exist_ok=True)
-            _chown_tree(d)
+            chown_tree(d)
 
         self._write_certificates(hostnames)
-        _write(self.pgdata / "pg_hba.conf", HBA)
-        base = _render_conf(self._base_settings(), "managed by pgcloud-nb; not user settings")
-        _write(self.pgdata / BASE_CONF, base)
-        _write(self.pgdata / USER_CONF, _render_conf({}, USER_HEADER))
+        write_owned(self.pgdata / "pg_hba.conf", HBA)
+        settings = pgconf.base_settings(self._port, self.socket_dir, self.log_dir)
+        base = render_conf(settings, "managed by pgcloud-nb; not user settings")
+        write_owned(self.pgdata / BASE_CONF, base)
+        write_owned(self.pgdata / USER_CONF, render_conf({}, USER_HEADER))
         main = self.pgdata / "postgresql.conf"
         # Later lines win: sandbox settings override initdb's, user settings override both.
         includes = f"\ninclude '{BASE_CONF}'\ninclude_if_exists '{USER_CONF}'\n"
-        _write(main, main.read_text() + includes)
-        _write(self._root / FIRST_START, json.dumps({"verifier": scram_verifier(password)}))
-
-    def _base_settings(self) -> dict[str, str]:
-        return {
-            "listen_addresses": "127.0.0.1",
-            "port": str(self._port),
-            "unix_socket_directories": str(self.socket_dir),
-            "ssl": "on",
-            "ssl_cert_file": "server.crt",
-            "ssl_key_file": "server.key",
-            "ssl_min_protocol_version": "TLSv1.3",  # the real service's minimum (API-NOTES §5.1)
-            "password_encryption": "scram-sha-256",
-            "shared_preload_libraries": "pg_stat_statements",
-            "compute_query_id": "on",
-            "track_io_timing": "on",
-            "logging_collector": "on",
-            "log_destination": "jsonlog",
-            "log_directory": str(self.log_dir),
-            "log_filename": "postgresql-%Y-%m-%d.log",  # jsonlog writes postgresql-<date>.json
-            "log_rotation_size": "10MB",
-            # Many servers share a 2-core box: keep each one small.
-            "shared_buffers": "32MB",
-            "max_connections": "100",
-            "max_wal_size": "256MB",
-        }
+        write_owned(main, main.read_text() + includes)
+        write_owned(self._root / FIRST_START, json.dumps({"verifier": scram_verifier(password)}))
 
     # -- running
 
-    def _read_pidfile(self) -> list[str] | None:
-        try:
-            return (self.pgdata / "postmaster.pid").read_text().splitlines()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-
     def postmaster_pid(self) -> int | None:
         """The pid of this folder's live postmaster, or None."""
-        lines = self._read_pidfile()
-        if not lines or not lines[0].strip().lstrip("-").isdigit():
-            return None
-        pid = abs(int(lines[0]))
-        if not _proc_alive(pid):
-            return None
-        try:  # a reused pid must not pass for our server
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return pid
-        return pid if str(self.pgdata).encode() in cmdline else None
+        return pguser.postmaster_pid(self.pgdata)
 
     def is_running(self) -> bool:
         return self.postmaster_pid() is not None
@@ -516,7 +229,7 @@ class Cluster:
         (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
         (self.socket_dir / f".s.PGSQL.{self._port}.lock").unlink(missing_ok=True)
         self.socket_dir.mkdir(mode=0o700, exist_ok=True)
-        _chown_tree(self.socket_dir)
+        chown_tree(self.socket_dir)
         startup = self.log_dir / "startup.log"
         log_offset = startup.stat().st_size if startup.exists() else 0
         # The shell backgrounds the postmaster and exits: the server is nobody's child here,
@@ -526,8 +239,8 @@ class Cluster:
             subprocess.run(
                 ["/bin/sh", "-c", script, str(self.bindir / "postgres"), str(self.pgdata),
                  str(startup)],
-                check=True, cwd=str(self.pgdata), env=_pg_env(), start_new_session=True,
-                timeout=30, **_as_pg_user(),
+                check=True, cwd=str(self.pgdata), env=pg_env(), start_new_session=True,
+                timeout=30, **as_pg_user(),
             )
         except (OSError, subprocess.SubprocessError) as e:
             raise EngineError(f"could not launch {self.bindir / 'postgres'}: {e}") from e
@@ -538,7 +251,7 @@ class Cluster:
         deadline = time.monotonic() + timeout
         seen_pid = False
         while time.monotonic() < deadline:
-            lines = self._read_pidfile()
+            lines = read_pidfile(self.pgdata)
             if lines and len(lines) >= 8:
                 seen_pid = True
                 if not self.is_running():
@@ -597,7 +310,7 @@ class Cluster:
         if pid is None:
             return
         deadline = time.monotonic() + timeout
-        while _proc_alive(pid):
+        while proc_alive(pid):
             if time.monotonic() > deadline:
                 # A stuck shutdown: immediate mode, then kill, rather than hang the caller.
                 with contextlib.suppress(ProcessLookupError):
@@ -634,15 +347,7 @@ class Cluster:
 
     def _alter_password(self, verifier: str) -> None:
         with self.connect() as conn:
-            # Belt and braces: even the verifier stays out of statistics and logs.
-            conn.execute("SET pg_stat_statements.track_utility = off")
-            conn.execute("SET log_statement = 'none'")
-            conn.execute("SET log_min_duration_statement = -1")
-            conn.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(SUPERUSER), sql.Literal(verifier)
-                )
-            )
+            pgpassword.alter_password(conn, verifier)
 
     # -- settings
 
@@ -652,16 +357,14 @@ class Cluster:
         A value PostgreSQL refuses raises :class:`ConfigValueError`; the previous
         file is then back in place and the server never loaded the refused one.
         """
-        for name in settings:
-            if not _NAME_RE.match(name):
-                raise ConfigValueError(name, f"invalid configuration parameter name {name!r}")
+        pgconf.check_names(settings)
         with self._lock:
             return self._apply_config(settings)
 
     def _apply_config(self, settings: dict[str, str]) -> list[str]:
         path = self.pgdata / USER_CONF
-        previous = path.read_text() if path.exists() else _render_conf({}, USER_HEADER)
-        _write(path, _render_conf(settings, USER_HEADER))
+        previous = path.read_text() if path.exists() else render_conf({}, USER_HEADER)
+        write_owned(path, render_conf(settings, USER_HEADER))
         try:
             with self.connect() as conn:
                 # pg_file_settings parses the files afresh in this session, so errors show
@@ -671,59 +374,25 @@ class Cluster:
                     "SELECT name FROM pg_file_settings WHERE error IS NOT NULL AND sourcefile = %s",
                     [str(path)],
                 ).fetchall()
-                if flagged and (problem := self._config_problem()):
-                    _write(path, previous)
+                if flagged and (problem := pgconf.config_problem(self.bindir, self.pgdata)):
+                    write_owned(path, previous)
                     raise ConfigValueError(problem[0] or flagged[0][0] or "", problem[1])
-                return self._reload(conn)
+                return pgconf.reload_conf(conn)
         except psycopg.OperationalError as e:
-            _write(path, previous)
+            write_owned(path, previous)
             raise EngineError(f"server in {self._root} is not reachable: {e}") from e
-
-    def _config_problem(self) -> tuple[str | None, str] | None:
-        """(parameter, PostgreSQL's message) for the first error in the files, or None."""
-        try:
-            _run_pg([self.bindir / "postgres", "-D", self.pgdata, "-C", "port"], what="check")
-        except EngineError as e:
-            # Lines look like "<time> [pid] LOG:  invalid value for parameter "x": "y"".
-            said = [
-                m.group(2) for m in re.finditer(r"(LOG|FATAL|DETAIL|HINT):\s+(.*)", str(e))
-                if "contains errors" not in m.group(2)
-            ]
-            message = " ".join(said) or str(e)
-            param = re.search(r'parameter "([^"]+)"', message)
-            return (param.group(1) if param else None), message
-        return None
-
-    def _reload(self, conn: psycopg.Connection[Any]) -> list[str]:
-        row = conn.execute("SELECT pg_conf_load_time(), pg_reload_conf()").fetchone()
-        assert row is not None
-        before = row[0]
-        # The postmaster re-reads, then signals backends; each statement boundary lets this
-        # session catch up, after which pg_settings.pending_restart is current.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            now = conn.execute("SELECT pg_conf_load_time()").fetchone()
-            if now and now[0] != before:
-                break
-            time.sleep(POLL)
-        return self._pending(conn)
-
-    @staticmethod
-    def _pending(conn: psycopg.Connection[Any]) -> list[str]:
-        rows = conn.execute("SELECT name FROM pg_settings WHERE pending_restart ORDER BY name")
-        return [r[0] for r in rows]
 
     def pending_restart(self) -> list[str]:
         with self.connect() as conn:
-            return self._pending(conn)
+            return pgconf.pending_restart(conn)
 
     def _write_certificates(self, hostnames: list[str]) -> None:
         # A fresh CA each time: the CA key is never kept, so nothing can mint more certs.
         ca_cert, ca_key = certs.make_ca(f"{hostnames[0] if hostnames else 'sandbox'} CA")
         cert, key = certs.make_server_cert(ca_cert, ca_key, hostnames)
-        _write(self._root / "ca.pem", ca_cert, 0o644)
-        _write(self.pgdata / "server.crt", cert, 0o644)
-        _write(self.pgdata / "server.key", key, 0o600)
+        write_owned(self._root / "ca.pem", ca_cert, 0o644)
+        write_owned(self.pgdata / "server.crt", cert, 0o644)
+        write_owned(self.pgdata / "server.key", key, 0o600)
 
     def reissue_certificate(self, hostnames: list[str]) -> None:
         """New CA and server certificate for new names (a rename); a reload makes

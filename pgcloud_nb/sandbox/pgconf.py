@@ -1,0 +1,142 @@
+"""The settings files of a sandbox server: what they say, how they are written and checked.
+
+A service's data folder holds three files the sandbox writes:
+
+- ``pg_hba.conf`` (:data:`HBA`): trust on the 0700 socket folder, SCRAM over TLS
+  on loopback, no connection without TLS — like the real service.
+- ``pgcloud-base.conf`` (:data:`BASE_CONF`, :func:`base_settings`): the settings
+  the sandbox manages (port, socket, TLS, logging, a small memory footprint).
+- ``pgcloud.conf`` (:data:`USER_CONF`): the user's settings (the API's pgConfig).
+
+``postgresql.conf`` includes the last two in that order, so user settings win.
+A new user file is checked before the server loads it (:func:`config_problem`)
+and then reloaded (:func:`reload_conf`), which reports what still needs a restart.
+
+Split out of :mod:`engine`, whose :class:`~pgcloud_nb.sandbox.engine.Cluster`
+decides when to write, check and reload.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from .pgerrors import ConfigValueError, EngineError
+from .pguser import POLL, run_pg
+
+__all__ = [
+    "BASE_CONF",
+    "HBA",
+    "USER_CONF",
+    "USER_HEADER",
+    "base_settings",
+    "check_names",
+    "config_problem",
+    "pending_restart",
+    "reload_conf",
+    "render_conf",
+]
+
+USER_CONF = "pgcloud.conf"
+USER_HEADER = "user settings (the API's pgConfig), managed by pgcloud-nb"
+BASE_CONF = "pgcloud-base.conf"
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+
+HBA = """\
+# pgcloud-nb sandbox. The socket folder is 0700, so only the server's user (and root) get here.
+local     all          all                 trust
+hostssl   all          all   127.0.0.1/32  scram-sha-256
+hostssl   all          all   ::1/128       scram-sha-256
+hostssl   replication  all   127.0.0.1/32  scram-sha-256
+hostssl   replication  all   ::1/128       scram-sha-256
+# Like the real service: no connection without TLS.
+hostnossl all          all   0.0.0.0/0     reject
+hostnossl all          all   ::/0          reject
+"""
+
+
+def _conf_quote(value: str) -> str:
+    """A postgresql.conf string literal."""
+    escaped = value.replace("\\", "\\\\").replace("'", "''")
+    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return f"'{escaped}'"
+
+
+def render_conf(settings: dict[str, str], header: str) -> str:
+    lines = [f"# {header}"]
+    lines += [f"{name} = {_conf_quote(str(value))}" for name, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def base_settings(port: int, socket_dir: Path, log_dir: Path) -> dict[str, str]:
+    """The sandbox-managed settings of a server (the contents of :data:`BASE_CONF`)."""
+    return {
+        "listen_addresses": "127.0.0.1",
+        "port": str(port),
+        "unix_socket_directories": str(socket_dir),
+        "ssl": "on",
+        "ssl_cert_file": "server.crt",
+        "ssl_key_file": "server.key",
+        "ssl_min_protocol_version": "TLSv1.3",  # the real service's minimum (API-NOTES §5.1)
+        "password_encryption": "scram-sha-256",
+        "shared_preload_libraries": "pg_stat_statements",
+        "compute_query_id": "on",
+        "track_io_timing": "on",
+        "logging_collector": "on",
+        "log_destination": "jsonlog",
+        "log_directory": str(log_dir),
+        "log_filename": "postgresql-%Y-%m-%d.log",  # jsonlog writes postgresql-<date>.json
+        "log_rotation_size": "10MB",
+        # Many servers share a 2-core box: keep each one small.
+        "shared_buffers": "32MB",
+        "max_connections": "100",
+        "max_wal_size": "256MB",
+    }
+
+
+def check_names(settings: dict[str, str]) -> None:
+    """ConfigValueError for the first name that cannot be a configuration parameter."""
+    for name in settings:
+        if not _NAME_RE.match(name):
+            raise ConfigValueError(name, f"invalid configuration parameter name {name!r}")
+
+
+def config_problem(bindir: Path, pgdata: Path) -> tuple[str | None, str] | None:
+    """(parameter, PostgreSQL's message) for the first error in the files, or None."""
+    try:
+        run_pg([bindir / "postgres", "-D", pgdata, "-C", "port"], what="check")
+    except EngineError as e:
+        # Lines look like "<time> [pid] LOG:  invalid value for parameter "x": "y"".
+        said = [
+            m.group(2) for m in re.finditer(r"(LOG|FATAL|DETAIL|HINT):\s+(.*)", str(e))
+            if "contains errors" not in m.group(2)
+        ]
+        message = " ".join(said) or str(e)
+        param = re.search(r'parameter "([^"]+)"', message)
+        return (param.group(1) if param else None), message
+    return None
+
+
+def reload_conf(conn: psycopg.Connection[Any]) -> list[str]:
+    """Reload the server's settings; return the names still needing a restart."""
+    row = conn.execute("SELECT pg_conf_load_time(), pg_reload_conf()").fetchone()
+    assert row is not None
+    before = row[0]
+    # The postmaster re-reads, then signals backends; each statement boundary lets this
+    # session catch up, after which pg_settings.pending_restart is current.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = conn.execute("SELECT pg_conf_load_time()").fetchone()
+        if now and now[0] != before:
+            break
+        time.sleep(POLL)
+    return pending_restart(conn)
+
+
+def pending_restart(conn: psycopg.Connection[Any]) -> list[str]:
+    rows = conn.execute("SELECT name FROM pg_settings WHERE pending_restart ORDER BY name")
+    return [r[0] for r in rows]
