@@ -34,6 +34,7 @@ How it runs, and why:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -53,6 +54,7 @@ from .metrics import is_counter
 from .widgets._runtime import (
     ErrorPanel,
     cancel,
+    close_children,
     guarded,
     has_room,
     is_sandbox,
@@ -201,14 +203,17 @@ class LiveChart(widgets.VBox):
 
     def close(self) -> None:
         """Stop the task and release the figure; the widget disappears."""
+        if self.state == "closed":
+            return
         cancel(self.task)
         self.task = None
         self.state = "closed"
         self.lines.clear()
-        self.figure.clear()
-        for child in (self.image, self.start_button, self.pause_button, self.stop_button,
-                      self.status, self.errors):
-            child.close()
+        # close() also runs from Widget.__del__, possibly at interpreter exit, when
+        # matplotlib can no longer import what clear() needs: then there is nothing to free.
+        with contextlib.suppress(Exception):
+            self.figure.clear()
+        close_children(self)
         super().close()
 
     def update(self) -> bool:
@@ -278,8 +283,12 @@ class LiveChart(widgets.VBox):
             self.lines.pop(key).remove()  # a series gone from the window
             relabel.add(key[0])
         for ax, metric in zip(self.axes, self.metrics, strict=True):
-            if metric in relabel:  # legends are rebuilt only when the set of lines changes
+            if metric not in relabel:  # legends are rebuilt only when the set of lines changes
+                continue
+            if ax.lines:
                 ax.legend(fontsize=7, loc="upper left", frameon=False)
+            elif (legend := ax.get_legend()) is not None:
+                legend.remove()
         if newest is not None:
             end = mdates.date2num(newest.to_datetime64())
             self.axes[-1].set_xlim(end - self.window / 86400, end)
@@ -293,6 +302,8 @@ class LiveChart(widgets.VBox):
     ) -> bool:
         """``set_data`` on each series' line (made on first sight); True if lines were added."""
         added = False
+        if sub.empty:  # e.g. a counter before its second scrape: no rate yet
+            return False
         cols = [c for c in sub.columns if c not in _NOT_SERIES and sub[c].notna().any()]
         groups = sub.groupby(cols, observed=True, dropna=False, sort=True) if cols else [((), sub)]
         for name, group in groups:

@@ -8,6 +8,7 @@ async path (the one a kernel takes) is run on a real asyncio loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import stat
@@ -62,10 +63,8 @@ def service(pg: Client) -> Iterator[PostgresService]:
     """A running service for one test, deleted afterwards."""
     svc = _running(pg, f"w-{uuid.uuid4().hex[:6]}", tags={"team": "data"})
     yield svc
-    try:
+    with contextlib.suppress(NotFoundError):
         pg.delete_service(svc.id)
-    except NotFoundError:
-        pass
 
 
 def _all_widget_state() -> str:
@@ -102,7 +101,7 @@ def test_create_form_refuses_bad_input_beside_each_field(pg: Client) -> None:
     assert form.labels["region"].text == "is required"
     form.name.value = "x" * 51
     form.region.value = "us-east-1"
-    key, value = form.tags.add("bad key!", "v")
+    form.tags.add("bad key!", "v")
     form.pg_config.value = "max_connections=0\nno_such_key=1\nnot a pair"
     form.submit.click()
     assert "x" * 10 in form.labels["name"].text or "long" in form.labels["name"].text

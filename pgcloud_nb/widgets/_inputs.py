@@ -21,6 +21,7 @@ import ipywidgets as widgets
 
 from ..models import PostgresService
 from ..spec import FieldError, pg_config_keys
+from ._runtime import close_children
 
 __all__ = [
     "ErrorLabel",
@@ -46,6 +47,12 @@ class ErrorLabel(widgets.HTML):
     @property
     def text(self) -> str:
         return re.sub(r"<[^>]+>", "", html.unescape(self.value))
+
+
+def body_block(body: Any, title: str = "PATCH body") -> str:
+    """HTML showing a request body exactly as it will be sent."""
+    text = html.escape(json.dumps(body, indent=1), quote=False)
+    return f"<small>{html.escape(title)}</small><pre class='pgcloud-body'>{text}</pre>"
 
 
 def beside(widget: widgets.Widget, error: ErrorLabel) -> widgets.HBox:
@@ -110,6 +117,7 @@ class TagRows(widgets.VBox):
     def _remove(self, entry: tuple[widgets.Text, widgets.Text, ErrorLabel, widgets.HBox]) -> None:
         self._rows.remove(entry)
         self._render()
+        _close_tree(entry[3])  # a removed row is gone for good: free its callbacks
 
     def remove(self, key: str) -> None:
         """Remove every row whose key is ``key``."""
@@ -120,6 +128,8 @@ class TagRows(widgets.VBox):
         self.children = [*(row for *_, row in self._rows), self.add_button]
 
     def set_tags(self, tags: Mapping[str, str | None]) -> None:
+        for *_, row in self._rows:
+            _close_tree(row)
         self._rows = []
         for key, value in tags.items():
             self.add(key, value or "")
@@ -143,6 +153,11 @@ class TagRows(widgets.VBox):
         """``tags[i]`` → that row's error label (``i`` counts the rows :meth:`payload` keeps)."""
         kept = [e for e in self._rows if e[0].value.strip() or e[1].value.strip()]
         return {f"tags[{i}]": err for i, (_, _, err, _) in enumerate(kept)}
+
+
+def _close_tree(widget: widgets.Widget) -> None:
+    close_children(widget)
+    widget.close()
 
 
 # -- pgConfig values ---------------------------------------------------------------

@@ -31,7 +31,7 @@ import functools
 import html
 import time
 import traceback
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -57,6 +57,8 @@ __all__ = [
     "ErrorPanel",
     "Job",
     "StatusLine",
+    "cancel",
+    "close_children",
     "guarded",
     "has_room",
     "is_sandbox",
@@ -337,12 +339,15 @@ def has_room(client: Client, reserve: float = 0.5) -> bool:
     return budget.delay() == 0 and budget.remaining() >= budget.limit * reserve
 
 
-def options_from(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Dropdown options, deduplicated, in order."""
-    seen: dict[str, str] = {}
-    for label, value in pairs:
-        seen.setdefault(value, label)
-    return [(label, value) for value, label in seen.items()]
+def close_children(widget: widgets.Widget) -> None:
+    """Close every descendant of a container.
+
+    A widget that is not closed stays in ipywidgets' registry for good, and with
+    it every callback it holds, and so the form those callbacks point to.
+    """
+    for child in getattr(widget, "children", ()):
+        close_children(child)
+        child.close()
 
 
 def cancel(task: asyncio.Task[Any] | None) -> None:

@@ -14,7 +14,7 @@ import ipywidgets as widgets
 from ..models import PostgresInstanceUpdateConfigResponse
 from ..spec import FieldError, pg_config_keys, validate_body
 from ..waiters import DEFAULT_TIMEOUT
-from ._inputs import ErrorLabel, config_value, route_errors
+from ._inputs import ErrorLabel, body_block, config_value, route_errors
 from ._runtime import Call, Job, wait_job
 from .service import ServicePicker, ServiceWidget
 
@@ -125,7 +125,7 @@ class ConfigEditor(ServiceWidget):
         body = {"pgConfig": changed, "pgBouncerConfig": {}}
         self.diff.value = (
             f"<table class='pgcloud-diff'>{rows}</table>" if rows else "<i>no changes</i>"
-        ) + f"<small>PATCH body</small><pre>{html.escape(json.dumps(body, indent=1), quote=False)}</pre>"
+        ) + body_block(body)
         if errors:
             self.status.set(f"{len(errors)} invalid value(s)", icon="⚠️")
         return body

@@ -25,7 +25,17 @@ from ._inputs import (
     route_errors,
     write_connection_details,
 )
-from ._runtime import Call, ErrorPanel, Job, StatusLine, cancel, guarded, run_job, wait_job
+from ._runtime import (
+    Call,
+    ErrorPanel,
+    Job,
+    StatusLine,
+    cancel,
+    close_children,
+    guarded,
+    run_job,
+    wait_job,
+)
 
 if TYPE_CHECKING:
     import asyncio
@@ -284,4 +294,5 @@ class CreateForm(widgets.VBox):
     def close(self) -> None:
         """Stop a running create/wait task, and close the widgets."""
         cancel(self.task)
+        close_children(self)
         super().close()

@@ -14,6 +14,7 @@ from ._runtime import (
     Job,
     StatusLine,
     cancel,
+    close_children,
     guarded,
     has_room,
     paced,
@@ -143,4 +144,5 @@ class FleetTable(widgets.VBox):
     def close(self) -> None:
         """Stop the auto-refresh, and close the widgets."""
         cancel(self.task)
+        close_children(self)
         super().close()

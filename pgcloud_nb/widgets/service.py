@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import html
-import json
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -16,8 +15,18 @@ import ipywidgets as widgets
 from ..models import PostgresServiceListItem
 from ..spec import validate_body
 from ..waiters import DEFAULT_TIMEOUT
-from ._inputs import ErrorLabel, TagRows, route_errors
-from ._runtime import Call, ErrorPanel, Job, StatusLine, cancel, guarded, run_job, wait_job
+from ._inputs import ErrorLabel, TagRows, body_block, route_errors
+from ._runtime import (
+    Call,
+    ErrorPanel,
+    Job,
+    StatusLine,
+    cancel,
+    close_children,
+    guarded,
+    run_job,
+    wait_job,
+)
 
 if TYPE_CHECKING:
     import asyncio
@@ -67,6 +76,10 @@ class ServicePicker(widgets.VBox):
         self.dropdown.value = current if current in self.services else (
             items[0].id if items else None
         )
+
+    def close(self) -> None:
+        close_children(self)
+        super().close()
 
     @staticmethod
     def _label(s: PostgresServiceListItem) -> str:
@@ -119,6 +132,7 @@ class ServiceWidget(widgets.VBox):
     def close(self) -> None:
         """Stop any running wait, and close the widgets."""
         cancel(self.task)
+        close_children(self)
         super().close()
 
 
@@ -173,8 +187,7 @@ class TagEditor(ServiceWidget):
         lines = tags_diff(self.current, self.rows.as_dict())
         shown = "\n".join(lines) or "(no changes)"
         self.diff.value = (
-            f"<pre class='pgcloud-diff'>{html.escape(shown)}</pre>"
-            f"<small>PATCH body</small><pre>{html.escape(json.dumps(body, indent=1), quote=False)}</pre>"
+            f"<pre class='pgcloud-diff'>{html.escape(shown)}</pre>" + body_block(body)
         )
         return lines
 
