@@ -13,11 +13,9 @@ import base64
 import binascii
 import contextlib
 import hmac
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -27,13 +25,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pgcloud_nb import spec
 from pgcloud_nb.sandbox import engine, faults, telemetry
 from pgcloud_nb.sandbox.home import SandboxHome
+from pgcloud_nb.sandbox.http import (
+    APIError,
+    bad_request,
+    envelope,
+    json_body,
+    json_body_config,
+    ok,
+    parse_date,
+    parse_int,
+)
 from pgcloud_nb.sandbox.lifecycle import Conflict, Lifecycle, connection_string, generate_password
 from pgcloud_nb.sandbox.settings import Settings
 from pgcloud_nb.sandbox.store import ServiceRow, Store
-from pgcloud_nb.sizes import size_spec
+from pgcloud_nb.sandbox.views import config_view, list_item, restart_message, service_view
 
 __all__ = ["create_app"]
 
@@ -47,134 +54,6 @@ PROMETHEUS_TYPE = "text/plain; charset=UTF-8"
 # The org endpoint covers at most 100 services (data sheet).
 ORG_PROMETHEUS_MAX = 100
 LATER = "is not available in the sandbox yet"
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-def envelope(status: int, *, result: Any = None, error: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"status": status, "requestId": str(uuid.uuid4())}
-    if error is not None:
-        body["error"] = error
-    elif result is not None:
-        body["result"] = result
-    return body
-
-
-def ok(result: Any = None) -> JSONResponse:
-    return JSONResponse(envelope(200, result=result))
-
-
-def bad_request(message: str) -> APIError:
-    return APIError(400, message)
-
-
-# -- request parsing ----------------------------------------------------------
-
-
-async def json_body(request: Request, schema_name: str, **kw: Any) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        body: Any = {}
-    else:
-        ctype = request.headers.get("content-type", "")
-        # The docs say the content-type header is required (API-NOTES §1).
-        if "json" not in ctype.lower():
-            raise bad_request("BAD_REQUEST: Content-Type must be application/json")
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise bad_request("BAD_REQUEST: request body is not valid JSON") from None
-    errors = spec.validate_body(schema_name, body, **kw)
-    if errors:
-        raise bad_request("; ".join(str(e) for e in errors))
-    assert isinstance(body, dict)
-    return body
-
-
-def parse_date(request: Request, name: str, *, required: bool = True) -> datetime | None:
-    value = request.query_params.get(name)
-    if value is None or value == "":
-        if required:
-            raise bad_request(f"BAD_REQUEST: query parameter {name} is required")
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise bad_request(f"BAD_REQUEST: {name}: '{value}' is not an RFC 3339 date-time") from None
-    if parsed.tzinfo is None:
-        raise bad_request(f"BAD_REQUEST: {name}: '{value}' needs a time zone (e.g. Z)")
-    if parsed.microsecond % 1000:
-        # API-NOTES §5.10: at most millisecond precision.
-        raise bad_request(f"BAD_REQUEST: {name}: '{value}' has more than millisecond precision")
-    return parsed
-
-
-def parse_int(
-    request: Request, name: str, *, minimum: int, maximum: int | None = None
-) -> int | None:
-    value = request.query_params.get(name)
-    if value is None:
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise bad_request(f"BAD_REQUEST: {name}: '{value}' is not an integer") from None
-    if n < minimum or (maximum is not None and n > maximum):
-        top = f" and {maximum}" if maximum is not None else ""
-        raise bad_request(f"BAD_REQUEST: {name}: {n} must be between {minimum}{top}")
-    return n
-
-
-# -- views of a service ---------------------------------------------------------
-
-
-def list_item(row: ServiceRow) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "id": row.id,
-        "name": row.name,
-        "provider": row.provider,
-        "region": row.region,
-        "postgresVersion": row.postgres_version,
-        "size": row.size,
-        "haType": row.ha_type,
-        "tags": row.tags,
-        "state": row.state,
-        "createdAt": row.created_at,
-        "isPrimary": row.is_primary,
-    }
-    spec_ = size_spec(row.size)
-    if spec_ is not None:  # the live list carries storageSize too (API-NOTES §3.3)
-        item["storageSize"] = spec_.storage_gib
-    return item
-
-
-def service_view(row: ServiceRow) -> dict[str, Any]:
-    # API-NOTES §7: no password or connection string outside create / reset.
-    # `port` is a sandbox extension: every real service listens on 5432 (API-NOTES
-    # §5.1), but here each service has its own; extra fields are allowed by the spec.
-    return {**list_item(row), "username": row.username, "hostname": row.hostname, "port": row.port}
-
-
-# A spec-valid answer never has an empty section (minProperties: 1), although the
-# real API sends {}; when nothing is user-set we show the effective default.
-def config_view(row: ServiceRow, current_max_connections: str | None = None) -> dict[str, Any]:
-    pg = dict(row.pg_config) or {"max_connections": current_max_connections or "100"}
-    bouncer = dict(row.pg_bouncer_config) or {"default_pool_size": "20"}
-    return {"pgConfig": pg, "pgBouncerConfig": bouncer}
-
-
-def restart_message(pending: list[str]) -> str:
-    # The documented wording (API-NOTES §5.9).
-    return (
-        "The changes in the following parameters require a database restart to take effect: "
-        f"{', '.join(pending)}. You can restart the database by using the restart endpoint."
-    )
 
 
 # -- the app --------------------------------------------------------------------
@@ -434,24 +313,6 @@ class Sandbox:
         if schema:  # still refuse bad input with the field's name first
             await json_body(request, schema)
         raise bad_request(f"BAD_REQUEST: {what} {LATER}")
-
-
-async def json_body_config(request: Request) -> dict[str, Any]:
-    """Config writes accept an empty section, as the real API and the seed's
-    ``"pgBouncerConfig":{}`` do, although the spec says minProperties 1."""
-    try:
-        return await json_body(request, "postgresInstanceConfig")
-    except APIError as exc:
-        raw = json.loads(await request.body() or b"{}")
-        errors = [
-            e
-            for e in spec.validate_body("postgresInstanceConfig", raw)
-            if not (e.field in ("pgConfig", "pgBouncerConfig") and raw.get(e.field) == {})
-        ]
-        if errors:
-            raise bad_request("; ".join(str(e) for e in errors)) from exc
-        assert isinstance(raw, dict)
-        return raw
 
 
 Handler = Callable[[Request], Awaitable[Response]]
