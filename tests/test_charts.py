@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+from fixtures.synth import exposition, services
 from matplotlib.figure import Figure
 
 import pgcloud_nb
@@ -18,8 +19,6 @@ from pgcloud_nb.client import Client
 from pgcloud_nb.prometheus import parse_prometheus
 from pgcloud_nb.ratelimit import Budget
 from pgcloud_nb.sandbox import SandboxInfo
-
-from fixtures.synth import exposition, services
 
 CONNS = "PostgresServer_ActiveConnections"
 COMMITS = "PostgresServer_TransactionsCommitted_Total"

@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+SKIP_RETRY = 1.0  # seconds before a refresher that found the budget short asks again
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,7 @@ def wait_job(
         except NotFoundError:
             if target is None:
                 if status is not None:
-                    status.set(f"gone after {elapsed:.0f} s", icon="✅")
+                    status.set(f"gone after {elapsed:.0f} s", icon="✓")
                 return None
             if elapsed > NOT_FOUND_GRACE:
                 raise UnexpectedStateError(
@@ -261,14 +262,14 @@ def wait_job(
             shown = svc.state.value if svc.state else "unknown"
             if target is not None and svc.state == target:
                 if status is not None:
-                    status.set(f"{shown} after {elapsed:.0f} s", icon="✅")
+                    status.set(f"{shown} after {elapsed:.0f} s", icon="✓")
                 return svc
             if target is not None and svc.state == ServiceState.DELETING:
                 raise UnexpectedStateError(
                     f"service {service_id} is being deleted; it will never be {want}", service=svc
                 )
         if status is not None:
-            status.set(f"{shown} → {want} · {elapsed:.0f} s", icon="⏳")
+            status.set(f"{shown} → {want} · {elapsed:.0f} s", icon="…")
         if elapsed > timeout:
             raise WaitTimeout(f"{service_id[:8]} → {want}: still {shown} after {timeout:.0f}s")
         yield poll_interval(client)
@@ -284,18 +285,21 @@ def poll_job(
 ) -> Job[None]:
     """Forever: ``apply(fetch())``, then pause ``interval()`` seconds (auto-refreshers).
 
-    A beat is skipped while ``room()`` says the shared budget is short (see
-    :func:`has_room`), and an API failure is shown in ``panel`` without ending
-    the loop: the next beat may well succeed. Cancel the task to stop it.
+    While ``room()`` says the shared budget is short (see :func:`has_room`), the
+    beat waits, asking again every second (asking costs no request). An API
+    failure is shown in ``panel`` without ending the loop: the next beat may
+    well succeed. Cancel the task to stop it.
     """
     while True:
-        if room():
-            try:
-                data = yield Call(fetch)
-            except PgCloudError as exc:
-                panel.show(exc)
-            else:
-                apply(data)
+        if not room():
+            yield min(SKIP_RETRY, interval())
+            continue
+        try:
+            data = yield Call(fetch)
+        except PgCloudError as exc:
+            panel.show(exc)
+        else:
+            apply(data)
         yield interval()
 
 

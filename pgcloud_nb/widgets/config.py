@@ -127,7 +127,7 @@ class ConfigEditor(ServiceWidget):
             f"<table class='pgcloud-diff'>{rows}</table>" if rows else "<i>no changes</i>"
         ) + body_block(body)
         if errors:
-            self.status.set(f"{len(errors)} invalid value(s)", icon="⚠️")
+            self.status.set(f"{len(errors)} invalid value(s)", icon="⚠")
         return body
 
     def apply(self) -> None:
@@ -136,16 +136,16 @@ class ConfigEditor(ServiceWidget):
         body = self.dry_run()
         _, errors = self.changes()
         if errors:
-            self.status.set(f"not sent: {len(errors)} invalid value(s)", icon="⚠️")
+            self.status.set(f"not sent: {len(errors)} invalid value(s)", icon="⚠")
             return
         if not body["pgConfig"]:
-            self.status.set("no changes to send", icon="ℹ️")
+            self.status.set("no changes to send", icon="·")
             return
         self.response = self.client.patch_config(self.service_id, pg_config=body["pgConfig"])
         text = self.response.message or "applied; no restart needed"
         self.message.value = f"<div class='pgcloud-api-message'>{html.escape(text)}</div>"
         self.restart_button.disabled = not self.response.restart_required
-        self.status.set(f"applied {len(body['pgConfig'])} key(s)", icon="✅")
+        self.status.set(f"applied {len(body['pgConfig'])} key(s)", icon="✓")
         self.load()
 
     def restart(self) -> None:
@@ -156,7 +156,7 @@ class ConfigEditor(ServiceWidget):
     def _restart_job(self, service_id: str) -> Job[None]:
         ok = False
         try:
-            self.status.set("restarting…", icon="⏳")
+            self.status.set("restarting…", icon="…")
             yield Call(functools.partial(self.client.restart, service_id))
             yield from wait_job(self.client, service_id, "running", status=self.status,
                                 timeout=self.timeout)

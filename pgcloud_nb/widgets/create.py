@@ -55,7 +55,8 @@ REGION_SUGGESTIONS: dict[str, tuple[str, ...]] = {
     "gcp": ("us-central1", "us-east1", "europe-west4", "asia-southeast1"),
 }
 _PREFERRED_FAMILY = {"aws": "r8gd"}  # the docs' own examples use r8gd.large
-_WIDE = widgets.Layout(width="24em")
+_WIDE = widgets.Layout(width="30em")
+_AUTO = widgets.Layout(width="auto")
 
 
 def _families(provider: str) -> dict[str, list[SizeSpec]]:
@@ -123,7 +124,7 @@ class CreateForm(widgets.VBox):
             placeholder=f"optional, key=value per line, e.g.\n{config_placeholder()}",
         )
         self.submit = widgets.Button(description="Create service", button_style="primary",
-                                     icon="plus")
+                                     icon="plus", layout=_AUTO)
         self.status = StatusLine()
         self.errors = ErrorPanel()
 
@@ -134,9 +135,12 @@ class CreateForm(widgets.VBox):
 
         # After the create: what to do with the credentials (never shown).
         self.credentials_path = widgets.Text(description="file", style=style, layout=_WIDE)
-        self.write_file = widgets.Button(description="Write to 0600 file", icon="lock")
-        self.write_env = widgets.Button(description=f"Add to {os.fspath(env_file)}", icon="file")
-        self.open_connection = widgets.Button(description="Open psycopg connection", icon="plug")
+        self.write_file = widgets.Button(description="Write to 0600 file", icon="lock",
+                                         layout=_AUTO)
+        self.write_env = widgets.Button(description=f"Add to {os.fspath(env_file)}", icon="file",
+                                        layout=_AUTO)
+        self.open_connection = widgets.Button(description="Open psycopg connection", icon="plug",
+                                              layout=_AUTO)
         self.credentials_status = StatusLine()
         self.after = widgets.VBox(
             [
@@ -231,7 +235,7 @@ class CreateForm(widgets.VBox):
         """Validate, then create and follow the service to ``running`` (the submit button)."""
         self.errors.clear()
         if errors := self.validate():
-            self.status.set(f"not sent: {len(errors)} field(s) to fix", icon="⚠️")
+            self.status.set(f"not sent: {len(errors)} field(s) to fix", icon="⚠")
             return
         body, _ = self.body()
         self.submit.disabled = True
@@ -239,7 +243,7 @@ class CreateForm(widgets.VBox):
 
     def _create_job(self, body: dict[str, Any]) -> Job[None]:
         try:
-            self.status.set(f"creating {body['name']!r}…", icon="⏳")
+            self.status.set(f"creating {body['name']!r}…", icon="…")
             call = functools.partial(
                 self.client.create_service,
                 name=body["name"], region=body["region"], size=body["size"],
@@ -268,7 +272,7 @@ class CreateForm(widgets.VBox):
         if not target:
             raise ValueError("give a file name for the connection details")
         names = write_connection_details(self._created(), target)
-        self.credentials_status.set(f"wrote {', '.join(names)} to {target} (mode 0600)", icon="🔒")
+        self.credentials_status.set(f"wrote {', '.join(names)} to {target} (mode 0600)", icon="✓")
         return target
 
     def save_to_env(self) -> str:
@@ -276,7 +280,7 @@ class CreateForm(widgets.VBox):
         svc = self._created()
         names = write_connection_details(svc, self.env_file, prefix=env_prefix(svc.name or svc.id))
         target = os.fspath(self.env_file)
-        self.credentials_status.set(f"wrote {', '.join(names)} to {target} (mode 0600)", icon="🔒")
+        self.credentials_status.set(f"wrote {', '.join(names)} to {target} (mode 0600)", icon="✓")
         return target
 
     def connect(self) -> psycopg.Connection[Any]:
@@ -287,7 +291,7 @@ class CreateForm(widgets.VBox):
         self.credentials_status.set(
             f"connected as {info.user}@{info.host}:{info.port}/{info.dbname} "
             f"(PostgreSQL {info.server_version // 10000}); use form.connection",
-            icon="🔌",
+            icon="✓",
         )
         return self.connection
 

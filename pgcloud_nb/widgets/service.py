@@ -202,18 +202,18 @@ class TagEditor(ServiceWidget):
         route_errors(errors, {"tags": self.form_error, **self.rows.error_labels()},
                      self.form_error)
         if errors:
-            self.status.set(f"not sent: {len(errors)} problem(s)", icon="⚠️")
+            self.status.set(f"not sent: {len(errors)} problem(s)", icon="⚠")
             return
         if dupes:
             self.form_error.set([f"duplicate key(s): {', '.join(dupes)}"])
-            self.status.set("not sent", icon="⚠️")
+            self.status.set("not sent", icon="⚠")
             return
         if not lines:
-            self.status.set("no changes to send", icon="ℹ️")
+            self.status.set("no changes to send", icon="·")
             return
         svc = self.client.update_service(self.service_id, tags=body["tags"])
         self.current = svc.tags_dict
-        self.status.set(f"tags updated ({len(lines)} change(s))", icon="✅")
+        self.status.set(f"tags updated ({len(lines)} change(s))", icon="✓")
 
 
 class DeleteButton(ServiceWidget):
@@ -251,14 +251,14 @@ class DeleteButton(ServiceWidget):
             self.load()
         if self.confirm.value.strip() != self.name:
             self.errors.note(f"the name does not match {self.name!r}: nothing was deleted")
-            self.status.set("not deleted", icon="⚠️")
+            self.status.set("not deleted", icon="⚠")
             return
         self.button.disabled = True
         self._start(self._delete_job(self.service_id))
 
     def _delete_job(self, service_id: str) -> Job[None]:
         try:
-            self.status.set("deleting…", icon="⏳")
+            self.status.set("deleting…", icon="…")
             yield Call(functools.partial(self.client.delete_service, service_id))
             yield from wait_job(self.client, service_id, None, status=self.status,
                                 timeout=self.timeout)
