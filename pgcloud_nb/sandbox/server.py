@@ -33,8 +33,9 @@ from typing import IO
 
 import httpx
 
+from pgcloud_nb.sandbox import pguser
 from pgcloud_nb.sandbox.faults import PROBE_HEADER
-from pgcloud_nb.sandbox.home import Credentials, SandboxHome
+from pgcloud_nb.sandbox.home import SandboxHome
 from pgcloud_nb.sandbox.settings import Settings
 
 __all__ = [
@@ -128,7 +129,7 @@ class Sandbox:
         pid, url = int(data.get("pid") or 0), str(data.get("url") or "")
         if not pid or not url or not _pid_alive(pid):
             return None
-        creds = _credentials(self.home)
+        creds = self.home.credentials()
         info = SandboxInfo(url, creds.org_id, creds.key_id, creds.key_secret, self.home.path, pid)
         return info if _answers(info) else None
 
@@ -139,7 +140,7 @@ class Sandbox:
         if (info := self.status()) is not None:
             return info
         self.home.ensure()
-        _credentials(self.home)  # made here once, so the server only reads them
+        self.home.credentials()  # made here once, so the server only reads them
         log_from = _rotate_log(self.home.log_file)
         # The server runs the same pgcloud_nb as we do, installed or not.
         root = str(Path(__file__).resolve().parents[2])
@@ -271,43 +272,15 @@ def acquire_lock(home: SandboxHome, wait: float = LOCK_WAIT) -> IO[str] | None:
     return f
 
 
-def _credentials(home: SandboxHome) -> Credentials:
-    """The home's credentials, tolerating another process creating them right now.
-
-    ``SandboxHome.credentials`` creates the file with O_EXCL and then writes it,
-    so a concurrent caller can meet it existing (FileExistsError) or half written.
-    """
-    deadline = time.monotonic() + 5.0
-    while True:
-        try:
-            return home.credentials()
-        except (FileExistsError, ValueError, KeyError):
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.02)
-
-
 # -- processes ---------------------------------------------------------------------------
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
+    with contextlib.suppress(ChildProcessError):
         # Reap it if it is our own exited child, or a zombie would look alive.
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        # A zombie someone else has not reaped yet is dead too.
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    return True
+    return pguser.proc_alive(pid)
 
 
 def _terminate(pid: int, timeout: float) -> bool:

@@ -25,6 +25,14 @@ CREATE = {
 }
 
 
+def org_client(info: SandboxInfo) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"{info.url}/v1/organizations/{info.org_id}",
+        auth=(info.key_id, info.key_secret),
+        timeout=60,
+    )
+
+
 def result(resp: httpx.Response) -> Any:
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -334,11 +342,7 @@ def test_nothing_lost_across_kill_9(tmp_path: Path) -> None:
     sb = Sandbox(home, Settings(home=home, rate_limit=0))
     info = sb.start()
     try:
-        with httpx.Client(
-            base_url=f"{info.url}/v1/organizations/{info.org_id}",
-            auth=(info.key_id, info.key_secret),
-            timeout=60,
-        ) as api:
+        with org_client(info) as api:
             created = result(api.post("/postgres", json=CREATE))
             sid, dsn = created["id"], created["connectionString"]
             wait_state(api, sid, "running")
@@ -358,11 +362,7 @@ def test_nothing_lost_across_kill_9(tmp_path: Path) -> None:
             time.sleep(0.1)
         info2 = sb.start()
         assert info2.pid != info.pid and info2.org_id == info.org_id
-        with httpx.Client(
-            base_url=f"{info2.url}/v1/organizations/{info2.org_id}",
-            auth=(info2.key_id, info2.key_secret),
-            timeout=60,
-        ) as api:
+        with org_client(info2) as api:
             svc = wait_state(api, sid, "running")
             assert svc["tags"] == [{"key": "k", "value": "v"}]
             assert result(api.get(f"/postgres/{sid}/config"))["pgConfig"] == {"work_mem": "12MB"}
@@ -401,11 +401,7 @@ def test_service_quota(sandbox_root: Path) -> None:
     sb = Sandbox(home, Settings(home=home, rate_limit=0, max_services=1))
     info = sb.start()
     try:
-        with httpx.Client(
-            base_url=f"{info.url}/v1/organizations/{info.org_id}",
-            auth=(info.key_id, info.key_secret),
-            timeout=60,
-        ) as api:
+        with org_client(info) as api:
             result(api.post("/postgres", json=CREATE))
             assert "limit of 1" in error(api.post("/postgres", json=CREATE), 400)
             assert len(result(api.get("/postgres"))) == 1
@@ -426,14 +422,11 @@ def test_create_cut_short_by_kill_9_is_finished(sandbox_root: Path) -> None:
     sb = Sandbox(home, Settings(home=home, rate_limit=0, provisioning_delay=5))
     info = sb.start()
     try:
-        base = f"/v1/organizations/{info.org_id}"
-        with httpx.Client(base_url=info.url + base, auth=(info.key_id, info.key_secret)) as api:
+        with org_client(info) as api:
             created = result(api.post("/postgres", json=CREATE))
         os.kill(info.pid, signal.SIGKILL)
         info2 = sb.start()
-        with httpx.Client(
-            base_url=info2.url + base, auth=(info2.key_id, info2.key_secret), timeout=60
-        ) as api:
+        with org_client(info2) as api:
             services = result(api.get("/postgres"))
             assert [s["id"] for s in services] == [created["id"]]  # no half-made twin
             wait_state(api, created["id"], "running")
