@@ -38,6 +38,7 @@ from pgcloud_nb.sandbox.http import (
     parse_int,
 )
 from pgcloud_nb.sandbox.lifecycle import Conflict, Lifecycle, connection_string, generate_password
+from pgcloud_nb.sandbox.restores import RequestRefused
 from pgcloud_nb.sandbox.settings import Settings
 from pgcloud_nb.sandbox.store import ServiceRow, Store
 from pgcloud_nb.sandbox.views import config_view, list_item, restart_message, service_view
@@ -172,6 +173,9 @@ class Sandbox:
             row = await self.life.rename(row, body["name"])
         updated = self.store.update(row.id, **changes)
         assert updated is not None
+        if "ha_type" in changes and changes["ha_type"] != row.ha_type:
+            # API-NOTES §5.3: asynchronous; the service stays running meanwhile.
+            self.life.spawn(self.life.ha.reconcile(row.id), f"standbys {row.id}")
         return ok(service_view(updated))
 
     async def delete_service(self, request: Request) -> Response:
@@ -210,8 +214,32 @@ class Sandbox:
                 raise bad_request(
                     "BAD_REQUEST: only a read replica can be promoted; this service is a primary"
                 )
-            raise bad_request(f"BAD_REQUEST: promote {LATER}")
+            return ok(service_view(await self.life.restores.promote(row)))
+        if not row.is_primary:  # API-NOTES §6: probably 400 [U]
+            raise bad_request(
+                "BAD_REQUEST: a read replica has no standby to switch over to; promote it instead"
+            )
         return ok(service_view(await self.life.switchover(row)))
+
+    # -- restores and read replicas (API-NOTES §5.6, §5.7) --
+
+    async def restored_service(self, request: Request) -> Response:
+        source = self.service(request)
+        body = await json_body(request, "PostgresServiceRestoreRequest")
+        try:
+            row = self.life.restores.start_restore(source, body)
+        except RequestRefused as exc:
+            raise bad_request(str(exc)) from None
+        return ok(service_view(row))  # no password (API-NOTES §7)
+
+    async def read_replica(self, request: Request) -> Response:
+        primary = self.service(request)
+        body = await json_body(request, "PostgresServiceReadReplicaRequest")
+        try:
+            row = self.life.restores.start_replica(primary, body)
+        except RequestRefused as exc:
+            raise bad_request(str(exc)) from None
+        return ok(service_view(row))  # no password (API-NOTES §7)
 
     # -- config --
 
@@ -345,8 +373,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route(SVC + "/config", authed(sb.write_config), methods=["POST", "PATCH"]),
         Route(SVC + "/metrics", authed(sb.metrics), methods=["GET"]),
         Route(SVC + "/prometheus", authed(sb.service_prometheus), methods=["GET"]),
-        Route(SVC + "/readReplica", authed(sb.not_yet), methods=["POST"]),
-        Route(SVC + "/restoredService", authed(sb.not_yet), methods=["POST"]),
+        Route(SVC + "/readReplica", authed(sb.read_replica), methods=["POST"]),
+        Route(SVC + "/restoredService", authed(sb.restored_service), methods=["POST"]),
         Route(SVC + "/slowQueryPatterns", authed(sb.not_yet), methods=["GET"]),
         Route(SVC + "/slowQueryPatterns/{query_id}", authed(sb.not_yet), methods=["GET"]),
         Route(SVC + "/logs", authed(sb.not_yet), methods=["GET"]),

@@ -23,7 +23,7 @@ from . import pgbin
 from .pgerrors import EngineError
 from .pguser import chown_tree, run_pg, usable_clusters_dir
 
-__all__ = ["SUPERUSER", "initdb", "make"]
+__all__ = ["SUPERUSER", "copy", "initdb", "make"]
 
 SUPERUSER = "postgres"  # the role initdb makes; the sandbox's sessions log in as it
 
@@ -74,11 +74,15 @@ def make(bindir: Path, pgdata: Path, template_dir: Path | None) -> None:
         chown_tree(pgdata)
         initdb(bindir, pgdata)
     else:
-        src = _template(bindir, Path(template_dir))
-        # cp -a keeps owners and modes and beats shutil.copytree; --sparse skips the
-        # zeros of the preallocated WAL segment (less to write back on a busy disk).
-        done = subprocess.run(
-            ["cp", "-a", "--sparse=always", str(src), str(pgdata)], capture_output=True
-        )
-        if done.returncode:
-            raise EngineError(f"copying template {src} failed: {done.stderr.decode()}")
+        copy(_template(bindir, Path(template_dir)), pgdata)
+
+
+def copy(src: Path, pgdata: Path) -> None:
+    """Copy a data folder (the template, or a base backup for a restore or replica)."""
+    # cp -a keeps owners and modes and beats shutil.copytree; --sparse skips the
+    # zeros of the preallocated WAL segment (less to write back on a busy disk).
+    done = subprocess.run(
+        ["cp", "-a", "--sparse=always", str(src), str(pgdata)], capture_output=True
+    )
+    if done.returncode:
+        raise EngineError(f"copying {src} failed: {done.stderr.decode()}")

@@ -45,7 +45,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,29 +164,78 @@ class Cluster:
     # -- making
 
     def init(
-        self, password: str, *, hostnames: list[str], template_dir: Path | None = None
+        self,
+        password: str,
+        *,
+        hostnames: list[str],
+        template_dir: Path | None = None,
+        extra: dict[str, str] | None = None,
     ) -> None:
-        """Make the data folder, certificates and settings; does not start the server."""
+        """Make the data folder, certificates and settings; does not start the server.
+
+        ``extra`` adds sandbox-managed settings to the base file (WAL archiving,
+        replication: see :mod:`pgcloud_nb.sandbox.replication`).
+        """
         if self.pgdata.exists():
             raise EngineError(f"{self.pgdata} already exists")
-        self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        chown_tree(self._root)
-        datadir.make(self.bindir, self.pgdata, template_dir)
-        for d in (self.socket_dir, self.log_dir):
-            d.mkdir(mode=0o700, exist_ok=True)
-            chown_tree(d)
-
+        self.init_from(lambda pgdata: datadir.make(self.bindir, pgdata, template_dir), extra or {})
         self._write_certificates(hostnames)
-        write_owned(self.pgdata / "pg_hba.conf", HBA)
-        settings = pgconf.base_settings(self._port, self.socket_dir, self.log_dir)
-        base = render_conf(settings, "managed by pgcloud-nb; not user settings")
-        write_owned(self.pgdata / BASE_CONF, base)
         write_owned(self.pgdata / USER_CONF, render_conf({}, USER_HEADER))
         main = self.pgdata / "postgresql.conf"
         # Later lines win: sandbox settings override initdb's, user settings override both.
         includes = f"\ninclude '{BASE_CONF}'\ninclude_if_exists '{USER_CONF}'\n"
         write_owned(main, main.read_text() + includes)
         write_owned(self._root / FIRST_START, json.dumps({"verifier": scram_verifier(password)}))
+
+    def init_from(self, make_pgdata: Callable[[Path], None], extra: dict[str, str]) -> None:
+        """Make the data folder with ``make_pgdata(pgdata)`` (a copy of a base backup, or
+        pg_basebackup of a primary: it already holds the settings includes and the
+        user's pgcloud.conf), then write this node's own base settings.
+
+        Certificates are the caller's choice: :meth:`install_certificates` for a new
+        service, :meth:`copy_identity` for a node of the same service.
+        """
+        if self.pgdata.exists():
+            raise EngineError(f"{self.pgdata} already exists")
+        self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        chown_tree(self._root)
+        make_pgdata(self.pgdata)
+        chown_tree(self.pgdata)
+        for d in (self.socket_dir, self.log_dir):
+            d.mkdir(mode=0o700, exist_ok=True)
+            chown_tree(d)
+        self.write_base_conf(extra)
+
+    def write_base_conf(self, extra: dict[str, str]) -> bool:
+        """(Re)write pg_hba.conf and the sandbox-managed settings; True when they changed.
+
+        The caller reloads or restarts a running server (archive_mode needs a restart).
+        """
+        settings = {**pgconf.base_settings(self._port, self.socket_dir, self.log_dir), **extra}
+        text = render_conf(settings, "managed by pgcloud-nb; not user settings")
+        changed = False
+        for path, data in ((self.pgdata / "pg_hba.conf", HBA), (self.pgdata / BASE_CONF, text)):
+            try:
+                same = path.read_text() == data
+            except OSError:
+                same = False
+            if not same:
+                write_owned(path, data)
+                changed = True
+        return changed
+
+    def set_signal(self, kind: str | None) -> None:
+        """Leave exactly one recovery signal file: "standby", "recovery" or none."""
+        for name in ("standby", "recovery"):
+            path = self.pgdata / f"{name}.signal"
+            if name == kind:
+                write_owned(path, "")
+            else:
+                path.unlink(missing_ok=True)
+
+    def reload(self) -> None:
+        with self.connect() as conn:
+            conn.execute("SELECT pg_reload_conf()")
 
     # -- running
 
@@ -385,6 +434,18 @@ class Cluster:
     def pending_restart(self) -> list[str]:
         with self.connect() as conn:
             return pgconf.pending_restart(conn)
+
+    def install_certificates(self, hostnames: list[str]) -> None:
+        """A new CA and server certificate (a restored service or replica: new names)."""
+        with self._lock:
+            self._write_certificates(hostnames)
+
+    def copy_identity(self, other: Cluster) -> None:
+        """Serve ``other``'s certificate: an HA standby answers for the same names, so
+        the service's CA keeps verifying after a switchover."""
+        write_owned(self._root / "ca.pem", other.ca_pem(), 0o644)
+        for name, mode in (("server.crt", 0o644), ("server.key", 0o600)):
+            write_owned(self.pgdata / name, (other.pgdata / name).read_bytes(), mode)
 
     def _write_certificates(self, hostnames: list[str]) -> None:
         # A fresh CA each time: the CA key is never kept, so nothing can mint more certs.

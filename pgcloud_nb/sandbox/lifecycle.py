@@ -7,8 +7,13 @@ one lock, so a restart, a config write and a delete never interleave.
 
 On start-up :meth:`Lifecycle.resume` brings every stored service back to the
 state it had: a create cut short by a crash is redone from scratch (its
-password was kept for that), running services are adopted or started, and a
-delete cut short is finished.
+password was kept for that), running services are adopted or started (their
+HA standbys too), restores and replicas cut short are redone, and a delete cut
+short is finished.
+
+The advanced operations live beside this module and share its locks and
+tasks: backups (:mod:`schedule`), HA standbys and switchover (:mod:`standbys`),
+point-in-time restores, read replicas and promotion (:mod:`restores`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any, TypeVar
 from anyio import to_thread
 
 from pgcloud_nb.sandbox import engine, telemetry
+from pgcloud_nb.sandbox.nodes import Layout
 from pgcloud_nb.sandbox.settings import Settings
 from pgcloud_nb.sandbox.store import ServiceRow, Store
 from pgcloud_nb.sizes import size_spec
@@ -102,11 +108,24 @@ class Lifecycle:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._counters: dict[str, telemetry.ProcessCounters] = {}
+        self.layout = Layout(self.clusters_dir)
+        # Imported here: they type-check against this class.
+        from pgcloud_nb.sandbox.restores import Restores
+        from pgcloud_nb.sandbox.schedule import BackupSchedule
+        from pgcloud_nb.sandbox.standbys import Standbys
+
+        self.backups = BackupSchedule(self)
+        self.ha = Standbys(self)
+        self.restores = Restores(self)
 
     # -- plumbing ---------------------------------------------------------
 
     def cluster(self, row: ServiceRow) -> engine.Cluster:
-        return engine.Cluster(self.clusters_dir / row.id, row.port)
+        """The server answering on the service's port (its primary node)."""
+        return self.layout.primary(row)
+
+    def parent(self, row: ServiceRow) -> ServiceRow | None:
+        return self.store.get(row.parent_id) if row.parent_id else None
 
     def lock(self, service_id: str) -> asyncio.Lock:
         return self._locks.setdefault(service_id, asyncio.Lock())
@@ -128,7 +147,7 @@ class Lifecycle:
     async def run(fn: Callable[..., T], *args: Any) -> T:
         return await to_thread.run_sync(fn, *args)
 
-    def _free_port(self) -> int:
+    def free_port(self) -> int:
         used = self.store.used_ports()
         for _ in range(50):
             port = engine.free_port()
@@ -157,7 +176,7 @@ class Lifecycle:
             is_primary=True,
             hostname=make_hostname(body["name"], service_id, body["region"], body["provider"]),
             username="postgres",
-            port=self._free_port(),
+            port=self.free_port(),
             pg_config={k: str(v) for k, v in body.get("pgConfig", {}).items()},
             pg_bouncer_config=dict(body.get("pgBouncerConfig", {})),
             pending_password=password,
@@ -183,12 +202,24 @@ class Lifecycle:
                 await asyncio.sleep(self.settings.provisioning_delay)
             # Running only now that the server accepts connections.
             self.store.update(service_id, state="running", pending_password=None)
+        self.after_running(service_id)
+
+    def after_running(self, service_id: str) -> None:
+        """A new primary's first base backup, then its HA standbys."""
+        self.spawn(self.backups.take(service_id), f"first backup {service_id}")
+        self.spawn(self.ha.reconcile(service_id), f"standbys {service_id}")
 
     def _build(self, cluster: engine.Cluster, row: ServiceRow) -> None:
         if cluster.root.exists():  # a create cut short: start again from nothing
             cluster.remove()
         assert row.pending_password is not None
-        cluster.init(row.pending_password, hostnames=[row.hostname], template_dir=self.template_dir)
+        self.layout.archive(row.id).ensure()
+        cluster.init(
+            row.pending_password,
+            hostnames=[row.hostname],
+            template_dir=self.template_dir,
+            extra=self.layout.primary_settings(row),
+        )
         cluster.start()
         if row.pg_config:
             cluster.apply_config(row.pg_config)
@@ -203,6 +234,14 @@ class Lifecycle:
         if row.state not in SETTLED:
             # API-NOTES §1: 409 on DELETE while a transition is in flight.
             raise Conflict(f"Service is {row.state}; delete it once the operation completes.")
+        children = self.store.children(row.id)
+        if children:
+            # API-NOTES §5.4: a primary cannot be deleted while read replicas reference it.
+            what = "read replicas" if any(not c.is_primary for c in children) else "restores"
+            raise Conflict(
+                f"Service has {what} that depend on it ({', '.join(c.id for c in children)});"
+                f" delete the read replicas first."
+            )
         self.store.update(row.id, state="deleting")
         self.spawn(self.remove(row.id), f"delete {row.id}")
 
@@ -211,10 +250,16 @@ class Lifecycle:
             row = self.store.get(service_id)
             if row is None:
                 return
-            await self.run(self.cluster(row).remove)
+            await self.run(self._remove_files, row)
             self.store.delete(service_id)
             self._counters.pop(service_id, None)
         self._locks.pop(service_id, None)
+
+    def _remove_files(self, row: ServiceRow) -> None:
+        """Every node (standbys first: they follow the primary), then the backups."""
+        for node in [*self.layout.standbys(row), *self.layout.strays(row), self.cluster(row)]:
+            node.remove()
+        self.layout.archive(row.id).remove()
 
     # -- state commands ---------------------------------------------------
 
@@ -235,7 +280,10 @@ class Lifecycle:
             if row is None:
                 return
             try:
-                await self.run(self.cluster(row).restart)
+                # Standbys first: a hot standby needs settings such as max_connections at
+                # least as high as its primary's.
+                for node in [*self.layout.standbys(row), self.cluster(row)]:
+                    await self.run(node.restart)
             except Exception as exc:
                 log.error("service %s failed to restart: %s", service_id, exc)
                 self.store.update(service_id, state="unavailable")
@@ -243,7 +291,9 @@ class Lifecycle:
             self.store.update(service_id, state="running")
 
     async def switchover(self, row: ServiceRow) -> ServiceRow:
-        """Without a standby, the real API replaces the primary with a fresh server
+        """Move the primary role to an HA standby (:meth:`Standbys.switchover`).
+
+        Without a standby, the real API replaces the primary with a fresh server
         and switches to it (API-NOTES §6); here that is a fast restart of the same
         data under the same address. ``state`` stays ``running``: not observable."""
         self.require_running(row, "a switchover")
@@ -253,7 +303,11 @@ class Lifecycle:
     async def _switch(self, service_id: str) -> None:
         async with self.lock(service_id):
             row = self.store.get(service_id)
-            if row is not None and row.state == "running":
+            if row is None or row.state != "running":
+                return
+            if row.standbys:
+                await self.ha.switchover(row)
+            else:
                 await self.run(self.cluster(row).restart)
 
     # -- password and config -----------------------------------------------
@@ -275,6 +329,11 @@ class Lifecycle:
         async with self.lock(row.id):
             pending = await self.run(self.cluster(row).apply_config, pg_config)
             self.store.update(row.id, pg_config=pg_config, pg_bouncer_config=bouncer)
+            for node in self.layout.standbys(row):  # standbys run the same settings
+                try:
+                    await self.run(node.apply_config, pg_config)
+                except Exception as exc:
+                    log.warning("config of a standby of %s: %s", row.id, exc)
         return pending
 
     async def rename(self, row: ServiceRow, name: str) -> ServiceRow:
@@ -282,7 +341,10 @@ class Lifecycle:
         self.require_running(row, "a rename")
         hostname = rename_hostname(row.hostname, name, row.id)
         async with self.lock(row.id):
-            await self.run(self.cluster(row).reissue_certificate, [hostname])
+            primary = self.cluster(row)
+            await self.run(primary.reissue_certificate, [hostname])
+            for node in self.layout.standbys(row):  # one identity for every node
+                await self.run(node.copy_identity, primary)
         updated = self.store.update(row.id, name=name, hostname=hostname)
         assert updated is not None
         return updated
@@ -338,27 +400,43 @@ class Lifecycle:
     async def resume(self) -> None:
         """Bring each stored service back to its recorded state (after a crash too)."""
         for row in self.store.rows():
+            if self.restores.resumes(row):
+                continue
             if row.state == "creating":
                 self.spawn(self.provision(row.id), f"provision {row.id}")
             elif row.state == "deleting":
                 self.spawn(self.remove(row.id), f"delete {row.id}")
             elif row.state in ("running", "restarting"):
                 self.spawn(self._ensure_started(row.id), f"resume {row.id}")
+        self.spawn(self.backups.forever(), "backups")
 
     async def _ensure_started(self, service_id: str) -> None:
         async with self.lock(service_id):
             row = self.store.get(service_id)
             if row is None:
                 return
-            cluster = self.cluster(row)
             try:
-                if not await self.run(cluster.is_running):
-                    await self.run(cluster.start)
+                await self.run(self._start_converged, row)
             except Exception as exc:
                 log.error("service %s could not be resumed: %s", service_id, exc)
                 self.store.update(service_id, state="unavailable")
                 return
             self.store.update(service_id, state="running")
+        if row.is_primary:
+            self.spawn(self.ha.reconcile(service_id), f"standbys {service_id}")
+
+    def _start_converged(self, row: ServiceRow) -> None:
+        """Start the serving node with the settings its role needs now; a service made
+        before backups existed gains archiving here (archive_mode needs a restart)."""
+        cluster = self.cluster(row)
+        self.layout.archive(row.id).ensure()
+        changed = cluster.write_base_conf(self.layout.settings(row, self.parent(row)))
+        if not cluster.is_running():
+            cluster.start()
+        elif changed:
+            cluster.reload()
+            if cluster.pending_restart():
+                cluster.restart()
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):

@@ -49,6 +49,8 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 HBA = """\
 # pgcloud-nb sandbox. The socket folder is 0700, so only the server's user (and root) get here.
 local     all          all                 trust
+# Base backups, HA standbys and read replicas stream from the primary over the socket.
+local     replication  all                 trust
 hostssl   all          all   127.0.0.1/32  scram-sha-256
 hostssl   all          all   ::1/128       scram-sha-256
 hostssl   replication  all   127.0.0.1/32  scram-sha-256

@@ -84,6 +84,8 @@ _ENV: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("PGCLOUD_SANDBOX_SAMPLE_INTERVAL", "sample_interval", float),
     ("PGCLOUD_SANDBOX_SEED", "seed", int),
     ("PGCLOUD_SANDBOX_MAX_SERVICES", "max_services", int),
+    ("PGCLOUD_SANDBOX_BACKUP_INTERVAL", "backup_interval", float),
+    ("PGCLOUD_SANDBOX_BACKUP_RETENTION", "backup_retention", float),
 )
 
 
@@ -101,6 +103,9 @@ class Settings:
     # Every service is a real server on this machine, so the org has a quota, as real orgs do.
     max_services: int = 50
     seed: int | None = None  # seeds fault injection, for reproducible tests
+    # API-NOTES §5.6: a daily full backup, kept 7 days (Scale tier). Seconds.
+    backup_interval: float = 24 * 3600.0
+    backup_retention: float = 7 * 24 * 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -137,6 +142,8 @@ class Settings:
             "PGCLOUD_SANDBOX_FAULTS": ",".join(f"{k}={v}" for k, v in self.faults.items()),
             "PGCLOUD_SANDBOX_SAMPLE_INTERVAL": str(self.sample_interval),
             "PGCLOUD_SANDBOX_MAX_SERVICES": str(self.max_services),
+            "PGCLOUD_SANDBOX_BACKUP_INTERVAL": str(self.backup_interval),
+            "PGCLOUD_SANDBOX_BACKUP_RETENTION": str(self.backup_retention),
         }
         if self.seed is not None:
             env["PGCLOUD_SANDBOX_SEED"] = str(self.seed)

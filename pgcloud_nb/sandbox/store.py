@@ -9,6 +9,10 @@ A service's clear password is kept only while it is being created
 (``pending_password``), so that a create interrupted by a crash can finish with
 the password its response already promised; it is cleared once PostgreSQL has
 it. The file is mode 0600 inside a 0700 home.
+
+Columns added after the first release (:data:`_ADDED`) are added to an existing
+``state.db`` with ``ALTER TABLE … ADD COLUMN`` when it lacks them, so an old
+home keeps working.
 """
 
 from __future__ import annotations
@@ -55,7 +59,17 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE INDEX IF NOT EXISTS samples_by_service ON samples (service_id, taken_at);
 """
 
-_JSON_FIELDS = ("tags", "pg_config", "pg_bouncer_config", "counters")
+# Added later: (column, SQL declaration). An existing state.db gains them on open.
+_ADDED = (
+    ("node", "TEXT NOT NULL DEFAULT ''"),
+    ("standbys", "TEXT NOT NULL DEFAULT '[]'"),
+    ("parent_id", "TEXT"),
+    ("restore_target", "TEXT"),
+    ("earliest_restore", "TEXT"),
+    ("last_backup_at", "REAL"),
+)
+
+_JSON_FIELDS = ("tags", "pg_config", "pg_bouncer_config", "counters", "standbys")
 
 
 @dataclass
@@ -79,6 +93,16 @@ class ServiceRow:
     pending_password: str | None = field(default=None, repr=False)
     counters: dict[str, Any] = field(default_factory=dict, repr=False)
     seq: int = 0  # creation order, so lists are stable
+    # The folder (below the clusters folder) of the node now serving the service's
+    # port; "" is the service's own folder, named after its id. A switchover moves it.
+    node: str = ""
+    # HA standbys actually built: [{"dir": folder name, "port": int}], in the order made.
+    standbys: list[dict[str, Any]] = field(default_factory=list)
+    # A read replica's primary, or the source of a restore still in progress.
+    parent_id: str | None = None
+    restore_target: str | None = None  # RFC 3339, while a restore is in progress
+    earliest_restore: str | None = None  # RFC 3339: the oldest retained backup's end
+    last_backup_at: float | None = None  # epoch seconds of the newest base backup
 
 
 _COLUMNS = tuple(f.name for f in fields(ServiceRow))
@@ -95,6 +119,15 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns an older state.db lacks (each in its own statement)."""
+        with self._lock:
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(services)")}
+            for name, decl in _ADDED:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE services ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         with self._lock:
@@ -165,8 +198,17 @@ class Store:
             db.execute("DELETE FROM samples WHERE service_id = ?", (service_id,))
 
     def used_ports(self) -> set[int]:
+        """Ports of services and of their HA standbys."""
         with self._lock:
-            return {r[0] for r in self._db.execute("SELECT port FROM services")}
+            found = self._db.execute("SELECT port, standbys FROM services").fetchall()
+        ports = {r[0] for r in found}
+        for _, standbys in found:
+            ports |= {int(s["port"]) for s in json.loads(standbys)}
+        return ports
+
+    def children(self, service_id: str) -> list[ServiceRow]:
+        """Services that depend on this one: its read replicas and restores in progress."""
+        return [r for r in self.rows() if r.parent_id == service_id]
 
     # -- telemetry samples ------------------------------------------------
 

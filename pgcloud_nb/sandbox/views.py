@@ -34,7 +34,10 @@ def service_view(row: ServiceRow) -> dict[str, Any]:
     # API-NOTES §7: no password or connection string outside create / reset.
     # `port` is a sandbox extension: every real service listens on 5432 (API-NOTES
     # §5.1), but here each service has its own; extra fields are allowed by the spec.
-    return {**list_item(row), "username": row.username, "hostname": row.hostname, "port": row.port}
+    view = {**list_item(row), "username": row.username, "hostname": row.hostname, "port": row.port}
+    if row.earliest_restore:  # DOCS-REF-NEW (API-NOTES §12): restore from here up to now
+        view["earliestRestoreTime"] = row.earliest_restore
+    return view
 
 
 # A spec-valid answer never has an empty section (minProperties: 1), although the

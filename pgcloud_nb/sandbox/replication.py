@@ -1,0 +1,184 @@
+"""PostgreSQL's own replication, driven for the sandbox: standbys, promotion, catching up.
+
+Every function here blocks (the lifecycle runs them in worker threads) and works
+on :class:`~pgcloud_nb.sandbox.engine.Cluster` objects only:
+
+- :func:`base_backup` runs ``pg_basebackup`` over the primary's unix socket
+  (pg_hba trusts ``local replication``; the socket folder is 0700, so only the
+  server's user gets there): no password is stored anywhere for replication.
+- :func:`follow_settings` are a standby's settings: streaming from the primary
+  (``primary_conninfo``) with ``restore_command`` from the primary's WAL archive
+  as the fallback when the stream has moved past what the primary still keeps,
+  and ``recovery_target_timeline = latest`` so standbys follow a switchover.
+  The same settings serve HA standbys and read replicas. The real product's
+  replicas replay WAL from S3 only (API-NOTES §5.7, lag of tens of seconds);
+  the sandbox's also stream, so their lag is what PostgreSQL gives.
+- :func:`restore_settings` are a point-in-time restore's: WAL from the source's
+  archive up to ``recovery_target_time``, then ``promote`` (API-NOTES §5.6).
+- :func:`promote`, :func:`wait_streaming`, :func:`wait_caught_up` and
+  :func:`shutdown_lsn` are the steps of a switchover and of a replica's start.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+
+from .engine import Cluster, EngineError
+from .pguser import run_pg
+
+__all__ = [
+    "base_backup",
+    "follow_settings",
+    "in_recovery",
+    "lsn",
+    "promote",
+    "restore_settings",
+    "shutdown_lsn",
+    "wait_caught_up",
+    "wait_streaming",
+]
+
+POLL = 0.05
+
+
+def lsn(text: str) -> int:
+    """``'16/B374D848'`` → a comparable integer."""
+    hi, _, lo = text.partition("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def conninfo(cluster: Cluster, application_name: str = "pgcloud-nb") -> str:
+    """libpq keywords reaching ``cluster`` over its unix socket as the superuser."""
+    return (
+        f"host={cluster.socket_dir} port={cluster.port} user=postgres "
+        f"application_name={application_name}"
+    )
+
+
+def base_backup(source: Cluster, dest: Path, *, stream: bool = False) -> None:
+    """Copy ``source``'s data folder into the new folder ``dest`` with pg_basebackup.
+
+    ``stream`` streams WAL alongside (an HA standby, which starts at once); without
+    it the WAL the copy needs is fetched at the end, which makes the copy
+    self-contained (an archived base backup).
+    """
+    run_pg(
+        [
+            source.bindir / "pg_basebackup",
+            "-d",
+            conninfo(source, "pg_basebackup"),
+            "-D",
+            dest,
+            "-Fp",
+            "-X",
+            "stream" if stream else "fetch",
+            "--checkpoint=fast",
+            "--no-sync",
+        ],
+        what=f"pg_basebackup of {source.root.name}",
+    )
+
+
+def follow_settings(primary: Cluster, label: str, primary_archive: Path) -> dict[str, str]:
+    """Settings of a standby of ``primary`` known to it as ``label`` (application_name)."""
+    return {
+        "primary_conninfo": conninfo(primary, label),
+        "restore_command": f"cp '{primary_archive}/%f' '%p'",
+        "recovery_target_timeline": "latest",
+        "hot_standby": "on",
+    }
+
+
+def restore_settings(source_archive: Path, target: datetime | None) -> dict[str, str]:
+    """Settings of a point-in-time restore from ``source_archive``.
+
+    ``target`` None replays everything archived: used when no commit after the
+    target was ever archived, where the end of the archive *is* the state at the
+    target ("the closest available recovery point at or before", API-NOTES §5.6).
+    """
+    settings = {
+        "restore_command": f"cp '{source_archive}/%f' '%p'",
+        "recovery_target_timeline": "latest",
+        "recovery_target_action": "promote",
+    }
+    if target is not None:
+        settings["recovery_target_time"] = target.isoformat()
+        settings["recovery_target_inclusive"] = "on"
+    return settings
+
+
+def in_recovery(cluster: Cluster) -> bool:
+    with cluster.connect() as conn:
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])
+
+
+def promote(cluster: Cluster, timeout: int = 60) -> None:
+    """End recovery on a standby (pg_promote waits until it accepts writes)."""
+    with cluster.connect() as conn:
+        row = conn.execute("SELECT pg_promote(true, %s)", [timeout]).fetchone()
+    if not (row and row[0]):
+        raise EngineError(f"{cluster.root.name} was not promoted within {timeout}s")
+
+
+def shutdown_lsn(cluster: Cluster) -> int:
+    """The checkpoint location of a stopped server (its shutdown checkpoint)."""
+    out = run_pg([cluster.bindir / "pg_controldata", "-D", cluster.pgdata], what="pg_controldata")
+    found = re.search(r"^Latest checkpoint location:\s+(\S+)", out, re.M)
+    if not found:
+        raise EngineError(f"pg_controldata of {cluster.root.name} has no checkpoint location")
+    return lsn(found.group(1))
+
+
+def received_lsn(standby: Cluster) -> int:
+    """How far a standby has WAL: streamed, else replayed (e.g. from the archive)."""
+    with standby.connect() as conn:
+        row = conn.execute(
+            "SELECT COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text"
+        ).fetchone()
+    return lsn(row[0]) if row and row[0] else 0
+
+
+def wait_received(standby: Cluster, target: int, timeout: float) -> bool:
+    """Wait until the standby holds WAL past ``target``; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if received_lsn(standby) > target:
+            return True
+        time.sleep(POLL)
+    return False
+
+
+def wait_caught_up(primary: Cluster, standby: Cluster, timeout: float) -> bool:
+    """Wait until ``standby`` has replayed what ``primary`` had written when called."""
+    with primary.connect() as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    wanted = lsn(row[0])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with standby.connect() as conn:
+            got = conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()
+        if got and got[0] and lsn(got[0]) >= wanted:
+            return True
+        time.sleep(POLL)
+    return False
+
+
+def wait_streaming(primary: Cluster, label: str, timeout: float) -> bool:
+    """Wait until the standby called ``label`` streams from ``primary``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with primary.connect() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM pg_stat_replication WHERE application_name = %s"
+                " AND state = 'streaming'",
+                [label],
+            ).fetchone()
+        if row:
+            return True
+        time.sleep(POLL)
+    return False

@@ -1,0 +1,294 @@
+"""New services made from another's backups: point-in-time restores and read replicas; promotion.
+
+**Restore** (API-NOTES §5.6, §6): a new, independent service whose data is the
+source's at ``restoreTarget``. The newest base backup ended at or before the
+target is copied (``restoring_backup``), then PostgreSQL replays the source's
+archived WAL with ``recovery_target_time`` and ``recovery_target_action =
+promote`` (``replaying_wal``); once promoted it gets its own settings, the
+configuration asked for and a first base backup of its own
+(``finalizing_restore``), then it is ``running``. Provider, region, version and
+size come from the source, ``haType`` is ``none`` ("server-assigned"). The
+response carries no password: the restored service has the superuser password
+the source had at the target, because that is what its data holds (the
+historic password; the real API leaves this open, clickhousectl #935).
+
+**Read replica** (API-NOTES §5.7): a new service with ``isPrimary: false``,
+made from the primary's newest base backup and then following it as a hot
+standby (read-only): streaming, with the primary's WAL archive as fallback
+(:func:`replication.follow_settings`). It goes ``creating`` →
+``restoring_backup`` → ``replaying_wal`` → ``running``, the last once it has
+replayed what the primary had written when it started. Its superuser and
+password are the primary's, replicated with the data.
+
+**Promote** ends a replica's recovery with ``pg_promote()``: it becomes a
+writable primary with its own archive and backups (``isPrimary: true``).
+
+A failure part-way removes the new service entirely (its row, its folders and
+its archive): no half-made service is left. Each step is recorded in the
+store, and :meth:`Restores.resumes` redoes one cut short by a crash from its
+backup copy (a finished replay only finalizes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .backups import Archive, BaseBackup
+from .datadir import copy
+from .engine import Cluster, EngineError
+from .replication import in_recovery, promote, restore_settings, wait_caught_up
+from .store import ServiceRow
+
+if TYPE_CHECKING:
+    from .lifecycle import Lifecycle
+
+__all__ = ["RESTORING", "RequestRefused", "Restores"]
+
+log = logging.getLogger("pgcloud_nb.sandbox")
+
+RESTORING = ("restoring_backup", "replaying_wal", "finalizing_restore")
+REPLICA_BUILDING = ("creating", "restoring_backup", "replaying_wal")
+# API-NOTES §1 / §5.7: the live API's exact wording.
+NO_BACKUPS = "Parent server is not ready for read replicas. There are no backups, yet."
+# PostgreSQL ≥ 14 stops instead of promoting when the WAL ends before the target.
+TARGET_NOT_REACHED = "before configured recovery target was reached"
+REPLAY_TIMEOUT_S = 1800.0
+CATCH_UP_S = 120.0
+
+
+class RequestRefused(Exception):
+    """The request cannot be honoured as asked: answered as 400 with this message, in
+    the API's wording (``BAD_REQUEST: …``, or the live text for a replica too early)."""
+
+
+class Restores:
+    def __init__(self, life: Lifecycle) -> None:
+        self.life = life
+
+    # -- the requests
+
+    def _new_row(self, source: ServiceRow, body: dict[str, Any], **kw: Any) -> ServiceRow:
+        from .lifecycle import make_hostname  # the lifecycle imports this module
+
+        service_id = str(uuid.uuid4())
+        row = ServiceRow(
+            id=service_id,
+            name=body["name"],
+            provider=source.provider,
+            region=source.region,
+            postgres_version=source.postgres_version,
+            size=source.size,
+            ha_type="none",
+            tags=list(body.get("tags", [])),
+            created_at=datetime.now(UTC).replace(microsecond=0).isoformat(),
+            hostname=make_hostname(body["name"], service_id, source.region, source.provider),
+            username=source.username,
+            port=self.life.free_port(),
+            pg_config={k: str(v) for k, v in body.get("pgConfig", source.pg_config).items()},
+            pg_bouncer_config=dict(body.get("pgBouncerConfig", source.pg_bouncer_config)),
+            parent_id=source.id,
+            **kw,
+        )
+        return self.life.store.insert(row)
+
+    def start_restore(self, source: ServiceRow, body: dict[str, Any]) -> ServiceRow:
+        """Check the target against the retained window, record the new service, start."""
+        target = self.check_target(source, body["restoreTarget"])
+        row = self._new_row(
+            source,
+            body,
+            state="restoring_backup",
+            is_primary=True,
+            restore_target=target.isoformat(),
+        )
+        self.life.spawn(self.restore(row.id), f"restore {row.id}")
+        return row
+
+    def check_target(self, source: ServiceRow, raw: str) -> datetime:
+        try:
+            target = datetime.fromisoformat(raw)
+        except ValueError:
+            raise RequestRefused(
+                f"BAD_REQUEST: restoreTarget: '{raw}' is not an RFC 3339 date-time"
+            ) from None
+        if target.tzinfo is None:
+            raise RequestRefused(f"BAD_REQUEST: restoreTarget: '{raw}' needs a time zone (e.g. Z)")
+        if not source.is_primary:
+            raise RequestRefused(
+                "BAD_REQUEST: a read replica has no backups of its own; restore from its primary"
+            )
+        if source.earliest_restore is None:
+            raise RequestRefused(
+                f"BAD_REQUEST: service {source.id} has no backups yet to restore from"
+            )
+        earliest = datetime.fromisoformat(source.earliest_restore)
+        if target < earliest:
+            raise RequestRefused(
+                f"BAD_REQUEST: restoreTarget {raw} is before the earliest restore time "
+                f"{earliest.isoformat()} (the oldest retained backup)"
+            )
+        if target > datetime.now(UTC):
+            raise RequestRefused(f"BAD_REQUEST: restoreTarget {raw} is in the future")
+        return target
+
+    def start_replica(self, primary: ServiceRow, body: dict[str, Any]) -> ServiceRow:
+        if not primary.is_primary:
+            raise RequestRefused("BAD_REQUEST: a read replica cannot have read replicas of its own")
+        if primary.earliest_restore is None or primary.state != "running":
+            raise RequestRefused(NO_BACKUPS)
+        row = self._new_row(primary, body, state="creating", is_primary=False)
+        self.life.spawn(self.replicate(row.id), f"replica {row.id}")
+        return row
+
+    def resumes(self, row: ServiceRow) -> bool:
+        """Restart a restore or replica build cut short (by a crash); False if not one."""
+        if row.state in RESTORING and row.restore_target:
+            self.life.spawn(self.restore(row.id), f"restore {row.id}")
+        elif not row.is_primary and row.state in REPLICA_BUILDING:
+            self.life.spawn(self.replicate(row.id), f"replica {row.id}")
+        else:
+            return False
+        return True
+
+    # -- doing them
+
+    async def restore(self, service_id: str) -> None:
+        await self._make(service_id, RESTORING, self._restore)
+
+    async def replicate(self, service_id: str) -> None:
+        await self._make(service_id, REPLICA_BUILDING, self._replicate)
+
+    async def _make(self, service_id: str, states: tuple[str, ...], build: Any) -> None:
+        life = self.life
+        async with life.lock(service_id):
+            row = life.store.get(service_id)
+            if row is None or row.state not in states:
+                return
+            try:
+                await life.run(build, row)
+            except Exception as exc:
+                log.error("making service %s failed; removing it: %s", service_id, exc)
+                await life.run(life._remove_files, row)
+                life.store.delete(service_id)
+                return
+            life.store.update(
+                service_id,
+                state="running",
+                restore_target=None,
+                parent_id=row.parent_id if not row.is_primary else None,
+            )
+            life.backups.refresh(service_id)
+        if row.is_primary:
+            life.after_running(service_id)
+
+    def _source(self, row: ServiceRow) -> ServiceRow:
+        source = self.life.parent(row)
+        if source is None:
+            raise EngineError(f"the source of {row.id} no longer exists")
+        return source
+
+    def _fresh(self, row: ServiceRow, backup: BaseBackup, extra: dict[str, str]) -> Cluster:
+        """The new service's node as a copy of ``backup``, with its own name's certificate."""
+        cluster = self.life.cluster(row)
+        cluster.remove()  # from scratch, also when redoing a step cut short
+        archive = self.life.layout.archive(row.id)
+        archive.remove()
+        archive.ensure()
+        cluster.init_from(lambda pgdata: copy(backup.path, pgdata), {**archive.settings(), **extra})
+        cluster.install_certificates([row.hostname])
+        return cluster
+
+    def _restore(self, row: ServiceRow) -> None:
+        store = self.life.store
+        if row.state != "finalizing_restore":
+            source = self._source(row)
+            archive = self.life.layout.archive(source.id)
+            assert row.restore_target is not None
+            target = datetime.fromisoformat(row.restore_target)
+            store.update(row.id, state="restoring_backup")
+            if source.state == "running":
+                try:  # the archive must hold a commit after the target (Archive.flush)
+                    archive.flush(self.life.cluster(source))
+                except Exception as exc:
+                    log.warning("could not flush the WAL of %s: %s", source.id, exc)
+            backup = archive.latest_before(target.timestamp())
+            if backup is None:
+                raise EngineError(f"no base backup of {source.id} ended before {target}")
+            if not self._replay(row, backup, archive, target):
+                # No commit after the target was archived: all archived WAL is before it.
+                self._replay(row, backup, archive, None)
+        store.update(row.id, state="finalizing_restore")
+        self._finalize(row)
+
+    def _replay(
+        self, row: ServiceRow, backup: BaseBackup, source: Archive, target: datetime | None
+    ) -> bool:
+        """Recover a copy of ``backup`` up to ``target``; False if the WAL ended before it."""
+        cluster = self._fresh(row, backup, restore_settings(source.wal_dir, target))
+        cluster.set_signal("recovery")
+        self.life.store.update(row.id, state="replaying_wal")
+        deadline = time.monotonic() + REPLAY_TIMEOUT_S
+        try:
+            cluster.start(timeout=REPLAY_TIMEOUT_S)
+            while in_recovery(cluster):
+                if time.monotonic() > deadline:
+                    raise EngineError(f"{row.id} did not finish recovery in time")
+                time.sleep(0.05)
+        except Exception as exc:
+            if target is not None and TARGET_NOT_REACHED in f"{exc}\n{cluster.log_tail(50)}":
+                cluster.stop("immediate")
+                return False
+            raise
+        return True
+
+    def _finalize(self, row: ServiceRow) -> None:
+        """A promoted restore: its own settings, the asked configuration, a first backup."""
+        cluster = self.life.cluster(row)
+        cluster.set_signal(None)
+        cluster.write_base_conf(self.life.layout.primary_settings(row))
+        if not cluster.is_running():
+            cluster.start(timeout=REPLAY_TIMEOUT_S)
+        cluster.reload()
+        self._configure(cluster, row)
+        self.life.layout.archive(row.id).take(cluster)
+
+    @staticmethod
+    def _configure(cluster: Cluster, row: ServiceRow) -> None:
+        cluster.apply_config(row.pg_config)
+        if cluster.pending_restart():
+            cluster.restart()
+
+    def _replicate(self, row: ServiceRow) -> None:
+        life = self.life
+        parent = self._source(row)
+        found = life.layout.archive(parent.id).backups()
+        if not found:
+            raise EngineError(NO_BACKUPS)
+        life.store.update(row.id, state="restoring_backup")
+        cluster = self._fresh(row, found[-1], life.layout.replica_settings(row, parent))
+        cluster.set_signal("standby")
+        life.store.update(row.id, state="replaying_wal")
+        cluster.start(timeout=REPLAY_TIMEOUT_S)
+        self._configure(cluster, row)
+        if not wait_caught_up(life.cluster(parent), cluster, CATCH_UP_S):
+            log.warning("replica %s is still catching up with %s", row.id, parent.id)
+
+    # -- promote
+
+    async def promote(self, row: ServiceRow) -> ServiceRow:
+        """A replica becomes a writable primary of its own, with its own backups."""
+        life = self.life
+        life.require_running(row, "a promotion")
+        async with life.lock(row.id):
+            cluster = life.cluster(row)
+            await life.run(promote, cluster)
+            promoted = life.store.update(row.id, is_primary=True, parent_id=None)
+            assert promoted is not None
+            if await life.run(cluster.write_base_conf, life.layout.primary_settings(promoted)):
+                await life.run(cluster.reload)
+        life.spawn(life.backups.take(row.id, force=True), f"first backup {row.id}")
+        return promoted

@@ -1,0 +1,183 @@
+"""HA standbys of a service: real hot standbys streaming from its primary, and switchover.
+
+``haType`` ``async`` runs one standby and ``sync`` two, with
+``synchronous_standby_names = 'ANY 1 (…)'`` so a commit waits for one of them
+(API-NOTES §3.1). :meth:`Standbys.reconcile` makes the servers match the
+stored ``haType``: it builds a missing standby with ``pg_basebackup`` from the
+primary (the real product builds it from backups, API-NOTES §5.3; the result is
+the same server), removes one too many, and starts recorded ones that are down
+(after a sandbox restart). The service stays ``running`` meanwhile
+(API-NOTES §6). Standbys are internal: the API never lists them.
+
+:meth:`Standbys.switchover` moves the primary role to the first standby:
+
+1. the old primary stops cleanly; its WAL senders first send everything, up
+   to the shutdown checkpoint, and we wait until the standby has it (no
+   committed row is lost);
+2. the new topology is stored (so a crash from here on resumes into it: every
+   node is started in the role the store gives it);
+3. the standby is promoted, then restarted on the service's port: the
+   connection string (host, port, CA) keeps working after a reconnect;
+4. the old primary starts as a standby of the new one on the freed port. It
+   needs no pg_rewind: it stopped cleanly before the promotion, so its WAL is
+   a prefix of the new timeline. Should it still fail to stream, it is rebuilt
+   from a fresh pg_basebackup;
+5. other standbys and the read replicas are pointed at the new primary (before
+   step 4: under ``sync``, commits wait until one standby streams again).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .engine import Cluster, EngineError
+from .nodes import HA_STANDBYS, label
+from .replication import (
+    base_backup,
+    promote,
+    shutdown_lsn,
+    wait_received,
+    wait_streaming,
+)
+from .store import ServiceRow
+
+if TYPE_CHECKING:
+    from .lifecycle import Lifecycle
+
+__all__ = ["Standbys"]
+
+log = logging.getLogger("pgcloud_nb.sandbox")
+
+STREAM_WAIT_S = 60.0  # how long a new standby may take to start streaming
+HANDOFF_WAIT_S = 10.0  # how long the standby may take to receive the old primary's last WAL
+
+
+class Standbys:
+    def __init__(self, life: Lifecycle) -> None:
+        self.life = life
+
+    # -- making them match haType
+
+    async def reconcile(self, service_id: str) -> None:
+        async with self.life.lock(service_id):
+            row = self.life.store.get(service_id)
+            if row is None or row.state != "running" or not row.is_primary:
+                return
+            try:
+                await self.life.run(self._reconcile, row)
+            except Exception as exc:
+                log.error("HA standbys of %s: %s", service_id, exc)
+
+    def _reconcile(self, row: ServiceRow) -> None:
+        life, layout = self.life, self.life.layout
+        for stray in layout.strays(row):  # a standby cut short by a crash
+            stray.remove()
+        want = HA_STANDBYS.get(row.ha_type, 0)
+        while len(row.standbys) > want:
+            entry = row.standbys[-1]
+            row = self._store(row, standbys=row.standbys[:-1])
+            # Out of synchronous_standby_names before it stops, or commits would wait for it.
+            self._configure_primary(row)
+            layout.standby(entry).remove()
+        for entry in row.standbys:
+            self._start_standby(row, entry)
+        while len(row.standbys) < want:
+            folder = layout.free_folder(row)
+            entry = {"dir": folder, "port": life.free_port()}
+            self._build(row, entry)
+            row = self._store(row, standbys=[*row.standbys, entry])
+        self._configure_primary(row)
+
+    def _store(self, row: ServiceRow, **changes: Any) -> ServiceRow:
+        updated = self.life.store.update(row.id, **changes)
+        return updated if updated is not None else replace(row, **changes)
+
+    def _configure_primary(self, row: ServiceRow) -> None:
+        primary = self.life.cluster(row)
+        if primary.write_base_conf(self.life.layout.primary_settings(row)):
+            primary.reload()
+
+    def _start_standby(self, row: ServiceRow, entry: dict[str, Any]) -> None:
+        """Start a recorded standby, in the standby role whatever it was before."""
+        node = self.life.layout.standby(entry)
+        if node.is_running():
+            return
+        node.write_base_conf(self.life.layout.standby_settings(row, str(entry["dir"])))
+        node.set_signal("standby")
+        node.start(timeout=120)
+
+    def _build(self, row: ServiceRow, entry: dict[str, Any]) -> None:
+        """A new standby copied from the running primary with pg_basebackup."""
+        primary = self.life.cluster(row)
+        node = self.life.layout.standby(entry)
+        node.remove()
+        try:
+            settings = self.life.layout.standby_settings(row, str(entry["dir"]))
+            node.init_from(lambda pgdata: base_backup(primary, pgdata, stream=True), settings)
+            self._join(row, node, str(entry["dir"]))
+        except BaseException:
+            node.remove()
+            raise
+
+    def _join(self, row: ServiceRow, node: Cluster, folder: str) -> None:
+        node.copy_identity(self.life.cluster(row))
+        node.set_signal("standby")
+        node.start(timeout=120)
+        if not wait_streaming(self.life.cluster(row), label(folder), STREAM_WAIT_S):
+            raise EngineError(f"standby {folder} does not stream from its primary")
+
+    # -- switchover
+
+    async def switchover(self, row: ServiceRow) -> None:
+        """Called by the lifecycle under the service's lock (see the module docstring)."""
+        try:
+            await self.life.run(self._switchover, row)
+        except Exception as exc:
+            log.error("switchover of %s failed: %s", row.id, exc)
+
+    def _switchover(self, row: ServiceRow) -> None:
+        life, layout = self.life, self.life.layout
+        old, entry = life.cluster(row), row.standbys[0]
+        old_folder, new_folder = row.node or row.id, str(entry["dir"])
+        standby = layout.standby(entry)
+        old.stop("fast")
+        try:
+            if not wait_received(standby, shutdown_lsn(old), HANDOFF_WAIT_S):
+                raise EngineError(f"standby {new_folder} lacks the primary's last WAL")
+        except BaseException:
+            old.start()  # nothing changed yet: the old primary goes on serving
+            raise
+        swapped = self._store(
+            row, node=new_folder, standbys=[*row.standbys[1:], {**entry, "dir": old_folder}]
+        )
+        promote(standby)
+        standby.stop("fast")
+        new = life.cluster(swapped)  # the same folder, on the service's port
+        new.write_base_conf(layout.primary_settings(swapped))
+        new.start(timeout=120)
+        # Other standbys first: under sync, commits wait until one of them streams.
+        self.repoint_followers(swapped)
+        try:
+            self._join(swapped, layout.standby(swapped.standbys[-1]), old_folder)
+        except Exception as exc:
+            log.warning("old primary of %s did not follow (%s); rebuilding it", row.id, exc)
+            self._build(swapped, swapped.standbys[-1])
+
+    def repoint_followers(self, row: ServiceRow) -> None:
+        """Point the other standbys and the read replicas at ``row``'s serving node
+        (primary_conninfo reloads without a restart)."""
+        life, layout = self.life, self.life.layout
+        targets = [
+            (layout.standby(e), layout.standby_settings(row, str(e["dir"]))) for e in row.standbys
+        ]
+        for replica in life.store.children(row.id):
+            if not replica.is_primary and replica.state == "running":
+                targets.append((layout.primary(replica), layout.replica_settings(replica, row)))
+        for node, settings in targets:
+            try:
+                if node.write_base_conf(settings) and node.is_running():
+                    node.reload()
+            except Exception as exc:
+                log.warning("repointing %s: %s", node.root.name, exc)
