@@ -117,7 +117,16 @@ async def json_body_config(request: Request) -> dict[str, Any]:
     try:
         return await json_body(request, "postgresInstanceConfig")
     except APIError as exc:
-        raw = json.loads(await request.body() or b"{}")
+        # Only a JSON object sent as JSON gets the second, lenient look; a wrong
+        # content type, bad JSON or a non-object stays the 400 json_body gave.
+        if "json" not in request.headers.get("content-type", "").lower():
+            raise
+        try:
+            raw = json.loads(await request.body() or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise exc from None
+        if not isinstance(raw, dict):
+            raise
         errors = [
             e
             for e in spec.validate_body("postgresInstanceConfig", raw)
