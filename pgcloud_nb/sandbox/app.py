@@ -37,6 +37,7 @@ from pgcloud_nb.sandbox.http import (
     parse_date,
     parse_int,
 )
+from pgcloud_nb.sandbox.insights import Insights
 from pgcloud_nb.sandbox.lifecycle import Conflict, Lifecycle, connection_string, generate_password
 from pgcloud_nb.sandbox.restores import RequestRefused
 from pgcloud_nb.sandbox.settings import Settings
@@ -70,6 +71,7 @@ class Sandbox:
         self.creds = self.home.credentials()
         self.store = Store(self.home.db_path)
         self.life = Lifecycle(settings, self.store, self.home.clusters_dir, self.creds.org_id)
+        self.insights = Insights(self.life)
 
     # -- auth and lookup --
 
@@ -329,6 +331,18 @@ class Sandbox:
     async def service_prometheus(self, request: Request) -> Response:
         return await self._exposition([self.service(request)])
 
+    # -- slow query patterns and logs (insights.py) --
+
+    async def query_patterns(self, request: Request) -> Response:
+        return ok(await self.insights.patterns(self.service(request), request))
+
+    async def query_pattern(self, request: Request) -> Response:
+        row = self.service(request)
+        return ok(await self.insights.pattern(row, request.path_params["query_id"], request))
+
+    async def logs(self, request: Request) -> Response:
+        return ok(await self.insights.logs(self.service(request), request))
+
     # -- the later issue's operations --
 
     async def not_yet(self, request: Request) -> Response:
@@ -375,9 +389,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route(SVC + "/prometheus", authed(sb.service_prometheus), methods=["GET"]),
         Route(SVC + "/readReplica", authed(sb.read_replica), methods=["POST"]),
         Route(SVC + "/restoredService", authed(sb.restored_service), methods=["POST"]),
-        Route(SVC + "/slowQueryPatterns", authed(sb.not_yet), methods=["GET"]),
-        Route(SVC + "/slowQueryPatterns/{query_id}", authed(sb.not_yet), methods=["GET"]),
-        Route(SVC + "/logs", authed(sb.not_yet), methods=["GET"]),
+        Route(SVC + "/slowQueryPatterns", authed(sb.query_patterns), methods=["GET"]),
+        Route(SVC + "/slowQueryPatterns/{query_id}", authed(sb.query_pattern), methods=["GET"]),
+        Route(SVC + "/logs", authed(sb.logs), methods=["GET"]),
     ]
 
     async def api_error(request: Request, exc: Exception) -> Response:
@@ -411,6 +425,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await sb.life.resume()
         sampler = asyncio.get_running_loop().create_task(sb.life.sample_forever())
+        # Cancelled with the lifecycle's other tasks by life.shutdown().
+        sb.life.spawn(sb.insights.snapshot_forever(), "query statistics snapshots")
         try:
             yield
         finally:

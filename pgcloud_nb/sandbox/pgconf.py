@@ -85,11 +85,21 @@ def base_settings(port: int, socket_dir: Path, log_dir: Path) -> dict[str, str]:
         "ssl_key_file": "server.key",
         "ssl_min_protocol_version": "TLSv1.3",  # the real service's minimum (API-NOTES §5.1)
         "password_encryption": "scram-sha-256",
-        "shared_preload_libraries": "pg_stat_statements",
+        "shared_preload_libraries": "pg_stat_statements,auto_explain",
         "compute_query_id": "on",
         "track_io_timing": "on",
         "logging_collector": "on",
         "log_destination": "jsonlog",
+        "log_timezone": "UTC",  # the logs API reads jsonlog timestamps as UTC
+        # Executions slower than this reach the JSON log with their buffers and WAL:
+        # the slow query patterns' recent executions (insights.py). Per-node timing
+        # is off, as it is the costly part of instrumenting every query.
+        "auto_explain.log_min_duration": "100ms",
+        "auto_explain.log_analyze": "on",
+        "auto_explain.log_buffers": "on",
+        "auto_explain.log_wal": "on",
+        "auto_explain.log_timing": "off",
+        "auto_explain.log_format": "json",
         "log_directory": str(log_dir),
         "log_filename": "postgresql-%Y-%m-%d.log",  # jsonlog writes postgresql-<date>.json
         "log_rotation_size": "10MB",
