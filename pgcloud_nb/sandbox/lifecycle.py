@@ -237,11 +237,10 @@ class Lifecycle:
         children = self.store.children(row.id)
         if children:
             # API-NOTES §5.4: a primary cannot be deleted while read replicas reference it.
-            what = "read replicas" if any(not c.is_primary for c in children) else "restores"
-            raise Conflict(
-                f"Service has {what} that depend on it ({', '.join(c.id for c in children)});"
-                f" delete the read replicas first."
-            )
+            ids = ", ".join(c.id for c in children)
+            if any(not c.is_primary for c in children):
+                raise Conflict(f"Service has read replicas ({ids}); delete them first.")
+            raise Conflict(f"Service is the source of restores in progress ({ids}).")
         self.store.update(row.id, state="deleting")
         self.spawn(self.remove(row.id), f"delete {row.id}")
 
@@ -432,6 +431,9 @@ class Lifecycle:
         self.layout.archive(row.id).ensure()
         changed = cluster.write_base_conf(self.layout.settings(row, self.parent(row)))
         if not cluster.is_running():
+            # The role the store gives it, whatever the node was when it stopped (a
+            # switchover cut short: see standbys.py).
+            cluster.set_signal(None if row.is_primary else "standby")
             cluster.start()
         elif changed:
             cluster.reload()

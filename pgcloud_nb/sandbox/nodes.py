@@ -32,6 +32,12 @@ __all__ = ["HA_STANDBYS", "Layout"]
 HA_STANDBYS = {"none": 0, "async": 1, "sync": 2}
 
 
+# Every node streams to its HA standbys, to the service's read replicas (one WAL sender
+# each; a service may have as many as the org's quota) and to pg_basebackup. A standby
+# needs at least its primary's value, so all nodes share it.
+WAL_SENDERS = {"max_wal_senders": "64"}
+
+
 def label(folder: str) -> str:
     """A node's application_name among its service's nodes: n0 (the first), s1, s2…"""
     _, dot, suffix = folder.rpartition(".")
@@ -80,7 +86,7 @@ class Layout:
     # -- settings per role (the extra lines of each node's base settings file)
 
     def primary_settings(self, row: ServiceRow) -> dict[str, str]:
-        settings = self.archive(row.id).settings()
+        settings = {**WAL_SENDERS, **self.archive(row.id).settings()}
         names = [label(str(e["dir"])) for e in row.standbys]
         if row.ha_type == "sync" and names:
             # API-NOTES §3.1: sync means 2 standbys, a commit acknowledged by at least 1.
@@ -93,13 +99,13 @@ class Layout:
     def standby_settings(self, row: ServiceRow, folder: str) -> dict[str, str]:
         archive = self.archive(row.id)
         follow = follow_settings(self.primary(row), label(folder), archive.wal_dir)
-        return {**archive.settings(), **follow}
+        return {**WAL_SENDERS, **archive.settings(), **follow}
 
     def replica_settings(self, row: ServiceRow, parent: ServiceRow) -> dict[str, str]:
         follow = follow_settings(
             self.primary(parent), replica_label(row), self.archive(parent.id).wal_dir
         )
-        return {**self.archive(row.id).settings(), **follow}
+        return {**WAL_SENDERS, **self.archive(row.id).settings(), **follow}
 
     def settings(self, row: ServiceRow, parent: ServiceRow | None) -> dict[str, str]:
         """The settings of ``row``'s serving node: a primary's, or a replica's."""

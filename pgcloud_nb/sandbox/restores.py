@@ -37,9 +37,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from .backups import Archive, BaseBackup
 from .datadir import copy
-from .engine import Cluster, EngineError
+from .engine import Cluster, ConfigValueError, EngineError
+from .nodes import WAL_SENDERS
 from .replication import in_recovery, promote, restore_settings, wait_caught_up
 from .store import ServiceRow
 
@@ -198,7 +201,8 @@ class Restores:
         archive = self.life.layout.archive(row.id)
         archive.remove()
         archive.ensure()
-        cluster.init_from(lambda pgdata: copy(backup.path, pgdata), {**archive.settings(), **extra})
+        settings = {**WAL_SENDERS, **archive.settings(), **extra}
+        cluster.init_from(lambda pgdata: copy(backup.path, pgdata), settings)
         cluster.install_certificates([row.hostname])
         return cluster
 
@@ -253,12 +257,19 @@ class Restores:
         if not cluster.is_running():
             cluster.start(timeout=REPLAY_TIMEOUT_S)
         cluster.reload()
-        self._configure(cluster, row)
+        self._configure(cluster, row, self._source(row).pg_config)
         self.life.layout.archive(row.id).take(cluster)
 
-    @staticmethod
-    def _configure(cluster: Cluster, row: ServiceRow) -> None:
-        cluster.apply_config(row.pg_config)
+    def _configure(self, cluster: Cluster, row: ServiceRow, fallback: dict[str, str]) -> None:
+        """Apply the asked pgConfig. One this server refuses (e.g. a newer major's
+        parameter) does not cost the new service: it keeps ``fallback``, the
+        configuration its copied data came with, and the store says so."""
+        try:
+            cluster.apply_config(row.pg_config)
+        except ConfigValueError as exc:
+            log.warning("pgConfig of %s refused (%s); keeping the source's", row.id, exc)
+            cluster.apply_config(fallback)
+            self.life.store.update(row.id, pg_config=fallback)
         if cluster.pending_restart():
             cluster.restart()
 
@@ -273,8 +284,13 @@ class Restores:
         cluster.set_signal("standby")
         life.store.update(row.id, state="replaying_wal")
         cluster.start(timeout=REPLAY_TIMEOUT_S)
-        self._configure(cluster, row)
-        if not wait_caught_up(life.cluster(parent), cluster, CATCH_UP_S):
+        self._configure(cluster, row, parent.pg_config)
+        try:
+            caught_up = wait_caught_up(life.cluster(parent), cluster, CATCH_UP_S)
+        except psycopg.OperationalError as exc:  # the primary restarting meanwhile
+            caught_up = False
+            log.warning("replica %s: %s", row.id, exc)
+        if not caught_up:  # it goes on following; running is not worth failing for this
             log.warning("replica %s is still catching up with %s", row.id, parent.id)
 
     # -- promote

@@ -3,7 +3,9 @@ HTTP and real SQL (API-NOTES §5.6, §5.7, §6)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,9 +16,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from test_api import CREATE, error, result, wait_gone, wait_state
+from test_api import CREATE, error, org_client, result, wait_gone, wait_state
 
-from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
+from pgcloud_nb.sandbox import Sandbox, Settings
 from pgcloud_nb.sandbox.backups import Archive
 from pgcloud_nb.sandbox.engine import Cluster, free_port, usable_clusters_dir
 
@@ -76,8 +78,7 @@ def backed_up(api: httpx.Client, sid: str) -> dict[str, Any]:
     wait_state(api, sid, "running")
     return dict(
         eventually(
-            lambda: (svc := result(api.get(f"/postgres/{sid}"))).get("earliestRestoreTime")
-            and svc,
+            lambda: (svc := result(api.get(f"/postgres/{sid}"))).get("earliestRestoreTime") and svc,
             what="the first base backup",
         )
     )
@@ -109,7 +110,9 @@ def test_restore_to_a_point_in_time(api: httpx.Client, make: Any) -> None:
 
     path = f"/postgres/{src['id']}/restoredService"
     early = datetime.fromisoformat(source["earliestRestoreTime"]) - timedelta(minutes=1)
-    said = error(api.post(path, json={"name": "too early", "restoreTarget": early.isoformat()}), 400)
+    said = error(
+        api.post(path, json={"name": "too early", "restoreTarget": early.isoformat()}), 400
+    )
     assert "earliest restore time" in said
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert "future" in error(api.post(path, json={"name": "later", "restoreTarget": future}), 400)
@@ -216,34 +219,47 @@ def test_ha_standbys_and_switchover(api: httpx.Client, make: Any) -> None:
     sql(dsn, "INSERT INTO t VALUES (102)")  # commits no longer wait for anyone
 
 
-def test_standbys_resume_after_restart_and_stop(tmp_path: Path) -> None:
-    """Standbys are stopped by `sandbox stop` and come back with the sandbox."""
+def test_kill_9_and_stop_resume_restores_replicas_and_standbys(tmp_path: Path) -> None:
+    """kill -9 the API server right after a restore and a replica were asked for: on
+    start both finish, and the HA standby streams again. `sandbox stop` stops every
+    server, standbys included, and a start brings them back."""
     home = tmp_path / "home"
     sb = Sandbox(home, Settings(home=home, rate_limit=0, sample_interval=60))
     info = sb.start()
     try:
-        with client(info) as api:
+        with org_client(info) as api:
             svc = result(api.post("/postgres", json={**CREATE, "haType": "async"}))
-            wait_state(api, svc["id"], "running")
+            backed_up(api, svc["id"])
             dsn = dsn_of(svc)
             eventually(lambda: len(standbys(dsn)) == 1, 90, "a standby")
-        sb.stop()
-        clusters = home / "clusters"
-        assert not list(clusters.glob(f"{svc['id']}*/pgdata/postmaster.pid"))
+            sql(dsn, "CREATE TABLE t AS SELECT 1 AS id")
+            target = sql(dsn, "SELECT clock_timestamp()")[0][0].astimezone(UTC).isoformat()
+            sql(dsn, "INSERT INTO t VALUES (2)")
+            base = f"/postgres/{svc['id']}"
+            body = {"name": "restored", "restoreTarget": target}
+            restored = result(api.post(f"{base}/restoredService", json=body))
+            replica = result(api.post(f"{base}/readReplica", json={"name": "replica"}))
+        os.kill(info.pid, signal.SIGKILL)
+
         info = sb.start()
-        with client(info) as api:
+        with org_client(info) as api:
+            ids = [s["id"] for s in result(api.get("/postgres"))]
+            assert sorted(ids) == sorted([svc["id"], restored["id"], replica["id"]])
+            wait_state(api, restored["id"], "running", timeout=120)
+            wait_state(api, replica["id"], "running", timeout=120)
+        assert sql(dsn_of(svc, restored), "SELECT id FROM t ORDER BY id") == [(1,)]
+        rdsn = dsn_of(svc, replica)
+        eventually(lambda: sql(rdsn, "SELECT count(*) FROM t")[0][0] == 2, 30, "replication")
+        eventually(lambda: len(standbys(dsn)) == 1, 90, "the standby back")
+
+        sb.stop()
+        assert not list((home / "clusters").glob("*/pgdata/postmaster.pid"))
+        info = sb.start()
+        with org_client(info) as api:
             wait_state(api, svc["id"], "running")
-            eventually(lambda: len(standbys(dsn)) == 1, 90, "the standby back")
+        eventually(lambda: len(standbys(dsn)) == 1, 90, "the standby back after a stop")
     finally:
         sb.stop()
-
-
-def client(info: SandboxInfo) -> httpx.Client:
-    return httpx.Client(
-        base_url=f"{info.url}/v1/organizations/{info.org_id}",
-        auth=(info.key_id, info.key_secret),
-        timeout=60,
-    )
 
 
 def test_archive_prunes_old_backups_and_wal(tmp_path: Path) -> None:
