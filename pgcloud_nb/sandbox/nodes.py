@@ -34,8 +34,10 @@ HA_STANDBYS = {"none": 0, "async": 1, "sync": 2}
 
 # Every node streams to its HA standbys, to the service's read replicas (one WAL sender
 # each; a service may have as many as the org's quota) and to pg_basebackup. A standby
-# needs at least its primary's value, so all nodes share it.
-WAL_SENDERS = {"max_wal_senders": "64"}
+# needs at least its primary's max_wal_senders, so all nodes share these. WAL is kept
+# for standbys that lag (a checkpoint, the shutdown one of a switchover included, would
+# otherwise recycle a segment a WAL sender still has to send); the archive covers more.
+REPLICATION = {"max_wal_senders": "64", "wal_keep_size": "256MB"}
 
 
 def label(folder: str) -> str:
@@ -86,7 +88,7 @@ class Layout:
     # -- settings per role (the extra lines of each node's base settings file)
 
     def primary_settings(self, row: ServiceRow) -> dict[str, str]:
-        settings = {**WAL_SENDERS, **self.archive(row.id).settings()}
+        settings = {**REPLICATION, **self.archive(row.id).settings()}
         names = [label(str(e["dir"])) for e in row.standbys]
         if row.ha_type == "sync" and names:
             # API-NOTES §3.1: sync means 2 standbys, a commit acknowledged by at least 1.
@@ -99,13 +101,13 @@ class Layout:
     def standby_settings(self, row: ServiceRow, folder: str) -> dict[str, str]:
         archive = self.archive(row.id)
         follow = follow_settings(self.primary(row), label(folder), archive.wal_dir)
-        return {**WAL_SENDERS, **archive.settings(), **follow}
+        return {**REPLICATION, **archive.settings(), **follow}
 
     def replica_settings(self, row: ServiceRow, parent: ServiceRow) -> dict[str, str]:
         follow = follow_settings(
             self.primary(parent), replica_label(row), self.archive(parent.id).wal_dir
         )
-        return {**WAL_SENDERS, **self.archive(row.id).settings(), **follow}
+        return {**REPLICATION, **self.archive(row.id).settings(), **follow}
 
     def settings(self, row: ServiceRow, parent: ServiceRow | None) -> dict[str, str]:
         """The settings of ``row``'s serving node: a primary's, or a replica's."""

@@ -134,10 +134,12 @@ def shutdown_lsn(cluster: Cluster) -> int:
 
 
 def received_lsn(standby: Cluster) -> int:
-    """How far a standby has WAL: streamed, else replayed (e.g. from the archive)."""
+    """How far a standby has WAL: streamed or replayed, whichever is further. (The
+    receive position alone goes back to a segment start when the stream restarts,
+    as it does once the primary has stopped.)"""
     with standby.connect() as conn:
         row = conn.execute(
-            "SELECT COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text"
+            "SELECT GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text"
         ).fetchone()
     return lsn(row[0]) if row and row[0] else 0
 

@@ -42,7 +42,7 @@ import psycopg
 from .backups import Archive, BaseBackup
 from .datadir import copy
 from .engine import Cluster, ConfigValueError, EngineError
-from .nodes import WAL_SENDERS
+from .nodes import REPLICATION
 from .replication import in_recovery, promote, restore_settings, wait_caught_up
 from .store import ServiceRow
 
@@ -201,7 +201,7 @@ class Restores:
         archive = self.life.layout.archive(row.id)
         archive.remove()
         archive.ensure()
-        settings = {**WAL_SENDERS, **archive.settings(), **extra}
+        settings = {**REPLICATION, **archive.settings(), **extra}
         cluster.init_from(lambda pgdata: copy(backup.path, pgdata), settings)
         cluster.install_certificates([row.hostname])
         return cluster

@@ -29,6 +29,7 @@ the same server), removes one too many, and starts recorded ones that are down
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -142,6 +143,7 @@ class Standbys:
         old, entry = life.cluster(row), row.standbys[0]
         old_folder, new_folder = row.node or row.id, str(entry["dir"])
         standby = layout.standby(entry)
+        began = time.monotonic()
         old.stop("fast")
         try:
             if not wait_received(standby, shutdown_lsn(old), HANDOFF_WAIT_S):
@@ -157,6 +159,9 @@ class Standbys:
         new = life.cluster(swapped)  # the same folder, on the service's port
         new.write_base_conf(layout.primary_settings(swapped))
         new.start(timeout=120)
+        log.info(
+            "switchover of %s: %s serves after %.2fs", row.id, new_folder, time.monotonic() - began
+        )
         # Other standbys first: under sync, commits wait until one of them streams.
         self.repoint_followers(swapped)
         try:
@@ -164,6 +169,9 @@ class Standbys:
         except Exception as exc:
             log.warning("old primary of %s did not follow (%s); rebuilding it", row.id, exc)
             self._build(swapped, swapped.standbys[-1])
+        log.info(
+            "switchover of %s: %s follows after %.2fs", row.id, old_folder, time.monotonic() - began
+        )
 
     def repoint_followers(self, row: ServiceRow) -> None:
         """Point the other standbys and the read replicas at ``row``'s serving node

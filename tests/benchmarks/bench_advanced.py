@@ -57,6 +57,8 @@ def sandbox(**knobs: Any) -> Iterator[tuple[httpx.Client, Path]]:
             yield api, home
     finally:
         sb.stop()
+        # The clusters folder may be a symlink to a folder the server's user can reach.
+        shutil.rmtree((home / "clusters").resolve(), ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
 
 

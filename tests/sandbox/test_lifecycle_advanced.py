@@ -260,6 +260,7 @@ def test_kill_9_and_stop_resume_restores_replicas_and_standbys(tmp_path: Path) -
         eventually(lambda: len(standbys(dsn)) == 1, 90, "the standby back after a stop")
     finally:
         sb.stop()
+        shutil.rmtree((home / "clusters").resolve(), ignore_errors=True)
 
 
 def test_archive_prunes_old_backups_and_wal(tmp_path: Path) -> None:
