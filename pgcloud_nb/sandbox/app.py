@@ -138,11 +138,7 @@ class Sandbox:
     async def create_service(self, request: Request) -> Response:
         self.org(request)
         body = await json_body(request, "PostgresServicePostRequest")
-        if len(self.store.rows()) >= self.settings.max_services:
-            raise bad_request(
-                f"BAD_REQUEST: the organization has reached its limit of "
-                f"{self.settings.max_services} Postgres services"
-            )
+        self.check_quota()
         row, password = self.life.new_row(body)
         # The one answer that carries the credentials (API-NOTES §7).
         view = {
@@ -151,6 +147,14 @@ class Sandbox:
             "connectionString": connection_string(row, password),
         }
         return ok(view)
+
+    def check_quota(self) -> None:
+        """Creates, restores and replicas all make a service (a real server) of the org."""
+        if len(self.store.rows()) >= self.settings.max_services:
+            raise bad_request(
+                f"BAD_REQUEST: the organization has reached its limit of "
+                f"{self.settings.max_services} Postgres services"
+            )
 
     async def get_service(self, request: Request) -> Response:
         return ok(service_view(self.service(request)))
@@ -228,6 +232,7 @@ class Sandbox:
     async def restored_service(self, request: Request) -> Response:
         source = self.service(request)
         body = await json_body(request, "PostgresServiceRestoreRequest")
+        self.check_quota()
         try:
             row = self.life.restores.start_restore(source, body)
         except RequestRefused as exc:
@@ -237,6 +242,7 @@ class Sandbox:
     async def read_replica(self, request: Request) -> Response:
         primary = self.service(request)
         body = await json_body(request, "PostgresServiceReadReplicaRequest")
+        self.check_quota()
         try:
             row = self.life.restores.start_replica(primary, body)
         except RequestRefused as exc:

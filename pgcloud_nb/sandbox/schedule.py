@@ -65,7 +65,10 @@ class BackupSchedule:
             self.refresh(row.id)
         tick = min(TICK_S, self.life.settings.backup_interval)
         while True:
-            for row in self.life.store.rows():
-                if row.state == "running" and row.is_primary and self.due(row.last_backup_at):
-                    await self.take(row.id)
+            try:
+                for row in self.life.store.rows():
+                    if row.state == "running" and row.is_primary and self.due(row.last_backup_at):
+                        await self.take(row.id)
+            except Exception:  # one bad round must not end the schedule
+                log.exception("backup schedule")
             await asyncio.sleep(tick)
