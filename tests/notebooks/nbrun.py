@@ -39,8 +39,19 @@ SANITIZE = HERE / "sanitize.cfg"
 FIRST_RUNNING = ("01-quickstart.ipynb", "wait")
 
 # libpq's variables: a developer's own would steer the notebooks' psql and pgbench elsewhere.
-_LIBPQ = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSERVICE",
-          "PGSSLMODE", "PGSSLROOTCERT", "PGPASSFILE", "DATABASE_URL")
+_LIBPQ = (
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGDATABASE",
+    "PGSERVICE",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGPASSFILE",
+    "DATABASE_URL",
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -50,7 +61,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     the sandbox the test chose (through ``extra``), never a developer's real account.
     """
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith("CLICKHOUSE_") and k != "PGCLOUD_SANDBOX_HOME" and k not in _LIBPQ
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -113,11 +125,19 @@ def comparable(outputs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             if out and out[-1]["output_type"] == "stream" and out[-1]["name"] == o["name"]:
                 out[-1]["text"] += sanitize(o["text"], patterns)  # nbval coalesces streams too
             else:
-                out.append({"output_type": "stream", "name": o["name"],
-                            "text": sanitize(o["text"], patterns)})
+                out.append(
+                    {
+                        "output_type": "stream",
+                        "name": o["name"],
+                        "text": sanitize(o["text"], patterns),
+                    }
+                )
         elif kind in ("execute_result", "display_data"):
-            data = {k: sanitize(v if isinstance(v, str) else "".join(v), patterns)
-                    for k, v in o["data"].items() if k not in _SKIPPED}
+            data = {
+                k: sanitize(v if isinstance(v, str) else "".join(v), patterns)
+                for k, v in o["data"].items()
+                if k not in _SKIPPED
+            }
             if data:
                 out.append({"output_type": kind, "data": data})
         else:
@@ -223,8 +243,9 @@ with open({path!r}, "w") as _out:
 """
 
 
-def execute(path: Path, env: Mapping[str, str], secrets_file: Path,
-            timeout: int = 600) -> NotebookNode:
+def execute(
+    path: Path, env: Mapping[str, str], secrets_file: Path, timeout: int = 600
+) -> NotebookNode:
     """Run the notebook at ``path`` in its folder (errors kept as outputs, every cell run).
 
     Returns the executed notebook without the two recording cells; the secrets the
@@ -237,8 +258,13 @@ def execute(path: Path, env: Mapping[str, str], secrets_file: Path,
     last = nbformat.v4.new_code_cell(_DUMP.format(path=str(secrets_file)))
     nb.cells = [first, *nb.cells, last]
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", allow_errors=True, record_timing=True,
-        store_widget_state=True, resources={"metadata": {"path": str(path.parent)}},
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        allow_errors=True,
+        record_timing=True,
+        store_widget_state=True,
+        resources={"metadata": {"path": str(path.parent)}},
     )
     client.execute(env=dict(env))
     for cell in (first, last):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 
 import nbformat
-import pytest
-
 import nbrun
+import pytest
 
 
 def test_the_notebooks_are_the_five_of_the_issue() -> None:

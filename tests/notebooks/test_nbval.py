@@ -17,9 +17,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import nbformat
+import nbrun
 import pytest
 
-import nbrun
 from pgcloud_nb.sandbox import Sandbox
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -30,8 +30,14 @@ def _cell_times(junit: Path) -> dict[str, list[float]]:
     times: dict[str, dict[int, float]] = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
         name = case.get("name", "")
-        notebook = next((n for n in nbrun.NOTEBOOKS if n.removesuffix(".ipynb") in
-                         case.get("classname", "") + case.get("file", "")), None)
+        notebook = next(
+            (
+                n
+                for n in nbrun.NOTEBOOKS
+                if n.removesuffix(".ipynb") in case.get("classname", "") + case.get("file", "")
+            ),
+            None,
+        )
         if notebook is None or not name.startswith("Cell "):
             continue
         times.setdefault(notebook, {})[int(name.split()[1])] = float(case.get("time", 0))
@@ -45,17 +51,30 @@ def test_every_notebook_passes_nbval(figures: dict[str, str]) -> None:
     (root / "pytest.ini").write_text("[pytest]\n")  # not the repository's settings
     junit = root / "nbval.xml"
     cmd = [
-        sys.executable, "-m", "pytest", str(work),
-        "--nbval-lax", "--nbval-current-env", f"--nbval-sanitize-with={nbrun.SANITIZE}",
-        "--nbval-cell-timeout=300", "-c", str(root / "pytest.ini"), f"--rootdir={root}",
-        "-p", "no:cacheprovider", f"--junitxml={junit}", "-o", "junit_family=xunit1",
-        "-q", "-rfE", "--color=no",
+        sys.executable,
+        "-m",
+        "pytest",
+        str(work),
+        "--nbval-lax",
+        "--nbval-current-env",
+        f"--nbval-sanitize-with={nbrun.SANITIZE}",
+        "--nbval-cell-timeout=300",
+        "-c",
+        str(root / "pytest.ini"),
+        f"--rootdir={root}",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        "-o",
+        "junit_family=xunit1",
+        "-q",
+        "-rfE",
+        "--color=no",
     ]
     env = nbrun.clean_env(PGCLOUD_SANDBOX_HOME=str(home))
     started = time.monotonic()
     try:
-        run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
-                             timeout=1700)
+        run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1700)
         elapsed = time.monotonic() - started
         out = run.stdout + run.stderr
         summary = [line for line in out.splitlines() if line.strip()][-1:]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import nbrun  # noqa: E402
+import nbrun
 
 
 def main(argv: list[str]) -> int:
@@ -38,8 +38,12 @@ def main(argv: list[str]) -> int:
     try:
         for name in names:
             nb = nbrun.execute(work / name, env, root / "secrets.json")
-            errors = [(c.id, o.ename, o.evalue) for c in nbrun.code_cells(nb)
-                      for o in c.outputs if o.output_type == "error"]
+            errors = [
+                (c.id, o.ename, o.evalue)
+                for c in nbrun.code_cells(nb)
+                for o in c.outputs
+                if o.output_type == "error"
+            ]
             if errors:
                 print(f"{name}: not updated, cells failed: {errors}", file=sys.stderr)
                 failed += 1

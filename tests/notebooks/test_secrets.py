@@ -1,0 +1,172 @@
+"""No password or connection string ever reaches a notebook's outputs or saved widget state.
+
+Each notebook runs top to bottom with nbclient, as a user would save it (outputs and
+widget state included), against its own sandbox reached through environment
+credentials (the path a cloud user takes). Which secrets to look for is not guessed:
+a first, hidden cell wraps ``httpx.Client.send`` in the kernel and records every
+``password`` and ``connectionString`` that any request or answer carried, from any
+thread (the client, its widgets, its charts); a last hidden cell adds everything the
+package registered for redaction (the API key's secret, passwords given to
+``reset_password``) and writes the lot to a file. The sandbox never stores a
+password (only its SCRAM verifier), so the API traffic is the one place to learn them.
+
+Then the whole executed notebook (every output of every cell, every MIME type, and the
+widget state nbclient saves in its metadata) is searched for each secret, in plain,
+HTML-escaped, JSON-escaped and URL-encoded forms, and for the shape of a connection
+string that carries a password. The test expects zero, and also checks that the
+notebook ran without errors, deleted every service it created, and left no secret in
+a file anyone but its owner can read.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import nbformat
+import nbrun
+import pytest
+from nbformat import NotebookNode
+
+import pgcloud_nb
+from pgcloud_nb.ratelimit import Budget
+from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+# A URL or key=value connection string with a password that is not a mask.
+SHAPES = (
+    re.compile(r"postgres(?:ql)?://[^\s:/@'\"<>]+:(?!\*)[^\s@'\"<>]+@"),
+    re.compile(r"\bpassword\s*=\s*(?!\*|SecretStr\(|None\b|['\"]?\*)[^\s&'\"<>),]+"),
+    re.compile(r"\bPGPASSWORD\s*=\s*(?!\*)\S+"),
+)
+
+
+@pytest.fixture(scope="module")
+def nb_sandbox() -> Iterator[SandboxInfo]:
+    home = nbrun.reachable_dir("pgcloud-nb-secrets-") / "sandbox"
+    sb = Sandbox(home, Settings(home=home, rate_limit=0, sample_interval=2.0))
+    info = sb.start()
+    yield info
+    sb.stop()
+    shutil.rmtree(home.parent, ignore_errors=True)
+
+
+def _forms(secret: str) -> set[str]:
+    return {secret, html.escape(secret), json.dumps(secret)[1:-1], quote(secret, safe="")}
+
+
+def _hint(secret: str) -> str:
+    """Enough to tell findings apart, never the secret itself."""
+    return f"a {len(secret)}-character secret starting {secret[:2]!r}"
+
+
+def _places(nb: NotebookNode) -> Iterator[tuple[str, str]]:
+    """(where, text) for every output part of every cell, and the saved widget state."""
+    for cell in nbrun.code_cells(nb):
+        for i, output in enumerate(cell.get("outputs", [])):
+            yield f"cell {cell.get('id')!r} output {i}", json.dumps(output, ensure_ascii=False)
+    widgets = nb.metadata.get("widgets")
+    if widgets is not None:
+        yield "saved widget state", json.dumps(widgets, ensure_ascii=False)
+
+
+def findings(nb: NotebookNode, secrets: set[str]) -> list[str]:
+    """Every place a secret, or something shaped like a credential, shows; [] when clean."""
+    found = []
+    for where, text in _places(nb):
+        for secret in secrets:
+            if any(form in text for form in _forms(secret)):
+                found.append(f"{where}: {_hint(secret)}")
+        for shape in SHAPES:
+            if match := shape.search(text):
+                key = re.split(r"(?<=[=:])", match[0], maxsplit=2)[:2]
+                found.append(f"{where}: shaped like a credential: {''.join(key)}***")
+    return found
+
+
+def _run(name: str, work: Path, info: SandboxInfo) -> tuple[NotebookNode, set[str]]:
+    record = work.parent / "secrets.json"
+    env = nbrun.clean_env(**info.env(), PGCLOUD_NB_WORKLOAD="python")
+    nb = nbrun.execute(work / name, env, record)
+    return nb, set(json.loads(record.read_text())) | {info.key_secret}
+
+
+@pytest.mark.parametrize("name", nbrun.NOTEBOOKS)
+def test_no_secret_in_outputs_or_widget_state(
+    name: str, nb_sandbox: SandboxInfo, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(nbrun.NOTEBOOK_DIR / name, work / name)
+    nb, secrets = _run(name, work, nb_sandbox)
+    passwords = [s for s in secrets if "://" not in s and s != nb_sandbox.key_secret]
+    assert passwords, "the recorder saw no password: the test would prove nothing"
+    assert any("://" in s for s in secrets), "the recorder saw no connection string"
+    found = findings(nb, secrets)
+    assert not found, "secrets in the notebook:\n" + "\n".join(found)
+
+    errors = [
+        (c.id, o.ename, pgcloud_nb.errors.redact(str(o.evalue)))
+        for c in nbrun.code_cells(nb)
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
+    assert not errors, f"cells failed: {errors}"
+    assert nb.metadata.get("widgets"), "no widget state was saved: the scan missed it"
+
+    # Credentials written to files (the 0600 file, .env) are fine, if nobody else can read them.
+    for path in work.rglob("*"):
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            text = path.read_text("utf-8", errors="replace")
+            if any(s in text for s in secrets) and path.suffix != ".ipynb":
+                assert path.stat().st_mode & 0o077 == 0, f"{path.name} holds a secret, not 0600"
+
+    # Every service the notebook created is gone (or going).
+    with pgcloud_nb.connect(
+        nb_sandbox.key_id,
+        nb_sandbox.key_secret,
+        org_id=nb_sandbox.org_id,
+        base_url=nb_sandbox.url,
+        budget=Budget.unlimited(),
+        env_file=None,
+    ) as pg:
+        left = [s.name for s in pg.list_services() if s.state != "deleting"]
+    assert not left, f"services left behind: {left}"
+
+
+def test_the_scan_finds_a_planted_leak(nb_sandbox: SandboxInfo, tmp_path: Path) -> None:
+    """A control: a notebook that does leak, in an output and in a widget, is caught."""
+    work = tmp_path / "work"
+    work.mkdir()
+    leak = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(LEAK)])
+    leak.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(leak, work / "leak.ipynb")
+    nb, secrets = _run("leak.ipynb", work, nb_sandbox)
+    assert not [o.ename for o in nb.cells[0].outputs if o.output_type == "error"]
+    found = findings(nb, secrets)
+    assert any("output" in f and "secret" in f for f in found), found
+    assert any("widget state" in f for f in found), found
+    assert any("shaped like a credential" in f for f in found), found
+    assert all("://postgres:" not in f for f in found)  # findings never quote the secret
+
+
+LEAK = """
+import ipywidgets, pgcloud_nb
+pg = pgcloud_nb.connect()
+svc = pg.create_service(name="leak", region="us-east-1", size="r8gd.large")
+print(svc.reveal_password())
+ipywidgets.Text(value=svc.reveal_connection_string())
+pg.wait(svc.id, progress=False)
+pg.delete_service(svc.id)
+pg.wait_gone(svc.id, progress=False)
+"""
