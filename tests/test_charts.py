@@ -87,6 +87,14 @@ def test_repeated_scrapes_do_not_redraw() -> None:
     assert chart.redraws == 2 and chart.scrapes == 2
 
 
+async def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait on the loop until ``check()`` (the machine may be busy: no fixed sleeps)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
 def test_start_pause_stop_and_close_on_a_loop() -> None:
     source, ids = synthetic()
     holder: list[LiveChart] = []
@@ -95,16 +103,14 @@ def test_start_pause_stop_and_close_on_a_loop() -> None:
         chart = LiveChart(source=source, services=ids, metrics=[CONNS], interval=0.02)
         holder.append(chart)
         assert chart.state == "running" and chart.task is not None  # autostart on a loop
-        await asyncio.sleep(0.3)
-        assert chart.redraws >= 3
+        await _until(lambda: chart.redraws >= 3)
         chart.pause_button.click()
         assert chart.state == "paused"
         paused_at = chart.redraws
         await asyncio.sleep(0.1)
         assert chart.redraws == paused_at
         chart.start_button.click()
-        await asyncio.sleep(0.2)
-        assert chart.redraws > paused_at
+        await _until(lambda: chart.redraws > paused_at)
         chart.stop_button.click()
         assert chart.state == "stopped" and chart.history.n_scrapes == 0
         chart.start()
@@ -139,7 +145,7 @@ def test_a_failing_beat_is_shown_and_the_chart_goes_on() -> None:
 
     async def scenario() -> LiveChart:
         chart = LiveChart(source=flaky, metrics=[CONNS], interval=0.02)
-        await asyncio.sleep(0.2)
+        await _until(lambda: calls[0] >= 4)
         chart.close()
         return chart
 

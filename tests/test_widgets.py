@@ -390,7 +390,9 @@ def test_fleet_auto_refresh_needs_a_loop_and_keeps_to_the_budget(pg: Client) -> 
     async def scenario() -> int:
         table.errors.clear()
         table.auto.value = True
-        await asyncio.sleep(0.6)
+        deadline = asyncio.get_running_loop().time() + 20
+        while table.refreshes < 4 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
         table.close()  # closing stops the task
         await asyncio.sleep(0)
         assert table.task is None or table.task.done()
