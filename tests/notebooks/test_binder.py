@@ -1,0 +1,96 @@
+"""binder/: the environment repo2docker builds, and a ``start`` that brings the sandbox up.
+
+``binder/start`` runs here as Binder runs it, with a trivial command in place of the
+notebook server: the command must run, in an environment where ``connect()`` finds
+the sandbox that ``start`` brought up (and says "sandbox"), and its exit code must be
+the script's (``exec "$@"``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import nbrun
+import pytest
+
+from pgcloud_nb.sandbox import Sandbox
+
+BINDER = nbrun.ROOT / "binder"
+START = BINDER / "start"
+
+PROBE = """
+import pgcloud_nb
+pg = pgcloud_nb.connect()
+print("probe", pg.source, len(pg.list_services()), pg.base_url)
+"""
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    root = nbrun.reachable_dir("pgcloud-nb-binder-")
+    yield root / "sandbox"
+    Sandbox(root / "sandbox").stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _start(home: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    env = nbrun.clean_env(PGCLOUD_SANDBOX_HOME=str(home))
+    return subprocess.run(
+        [str(START), *command],
+        env=env,
+        cwd=home.parent,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_the_environment_files() -> None:
+    apt = (BINDER / "apt.txt").read_text().split()
+    assert {"postgresql", "postgresql-contrib"} <= set(apt)
+    for script in ("postBuild", "start"):
+        path = BINDER / script
+        assert os.access(path, os.X_OK), f"binder/{script} is not executable"
+        subprocess.run(["bash", "-n", str(path)], check=True)
+    assert START.read_text().rstrip().endswith('exec "$@"')
+
+
+def test_requirements_match_the_package() -> None:
+    """binder/requirements.txt repeats pyproject's requirements; they must not drift apart."""
+    project = tomllib.loads((nbrun.ROOT / "pyproject.toml").read_text())["project"]
+    declared = {r.replace(" ", "") for r in project["dependencies"]}
+    declared |= {r.replace(" ", "") for r in project["optional-dependencies"]["notebook"]}
+    lines = (BINDER / "requirements.txt").read_text().splitlines()
+    wanted = {line.split("#")[0].replace(" ", "") for line in lines} - {""}
+    assert wanted <= declared, f"not in pyproject.toml as written: {sorted(wanted - declared)}"
+    postbuild = (BINDER / "postBuild").read_text()
+    assert '-e ".[notebook]"' in postbuild
+
+
+@pytest.mark.slow
+def test_start_brings_up_the_sandbox_then_runs_the_command(home: Path) -> None:
+    run = _start(home, sys.executable, "-c", PROBE)
+    assert run.returncode == 0, run.stderr[-3000:]
+    probe = [line for line in run.stdout.splitlines() if line.startswith("probe ")]
+    assert probe, f"the command did not run:\n{run.stdout}\n{run.stderr[-2000:]}"
+    _, source, count, url = probe[0].split()
+    assert source == "sandbox" and count.isdigit()
+
+    info = Sandbox(home).status()
+    assert info is not None, "no sandbox is running after binder/start"
+    assert info.url == url
+    answer = httpx.get(f"{info.url}/v1/organizations", auth=(info.key_id, info.key_secret))
+    assert answer.status_code == 200
+
+    # Again, as on a relaunch: it attaches to the running sandbox, and exec passes the
+    # command's exit code through.
+    again = _start(home, "sh", "-c", "echo second; exit 7")
+    assert again.returncode == 7 and again.stdout.strip() == "second", again.stderr[-2000:]
+    assert Sandbox(home).status() == info
