@@ -55,7 +55,6 @@ SVC = PG + "/{service_id}"
 PROMETHEUS_TYPE = "text/plain; charset=UTF-8"
 # The org endpoint covers at most 100 services (data sheet).
 ORG_PROMETHEUS_MAX = 100
-LATER = "is not available in the sandbox yet"
 
 
 # -- the app --------------------------------------------------------------------
@@ -139,6 +138,7 @@ class Sandbox:
         self.org(request)
         body = await json_body(request, "PostgresServicePostRequest")
         self.check_quota()
+        await self.check_pg_config(body)
         row, password = self.life.new_row(body)
         # The one answer that carries the credentials (API-NOTES §7).
         view = {
@@ -155,6 +155,18 @@ class Sandbox:
                 f"BAD_REQUEST: the organization has reached its limit of "
                 f"{self.settings.max_services} Postgres services"
             )
+
+    async def check_pg_config(self, body: dict[str, Any]) -> None:
+        """A pgConfig this PostgreSQL refuses is a 400 now, not a service that never starts."""
+        settings = {k: str(v) for k, v in body.get("pgConfig", {}).items()}
+        if not settings:
+            return
+        try:
+            await self.life.run(engine.check_settings, settings, self.life.template_dir)
+        except engine.ConfigValueError as exc:
+            raise bad_request(
+                f"BAD_REQUEST: request body.pgConfig.{exc.param}: {exc.message}"
+            ) from None
 
     async def get_service(self, request: Request) -> Response:
         return ok(service_view(self.service(request)))
@@ -233,6 +245,7 @@ class Sandbox:
         source = self.service(request)
         body = await json_body(request, "PostgresServiceRestoreRequest")
         self.check_quota()
+        await self.check_pg_config(body)
         try:
             row = self.life.restores.start_restore(source, body)
         except RequestRefused as exc:
@@ -243,6 +256,7 @@ class Sandbox:
         primary = self.service(request)
         body = await json_body(request, "PostgresServiceReadReplicaRequest")
         self.check_quota()
+        await self.check_pg_config(body)
         try:
             row = self.life.restores.start_replica(primary, body)
         except RequestRefused as exc:
@@ -348,19 +362,6 @@ class Sandbox:
 
     async def logs(self, request: Request) -> Response:
         return ok(await self.insights.logs(self.service(request), request))
-
-    # -- the later issue's operations --
-
-    async def not_yet(self, request: Request) -> Response:
-        self.service(request)
-        what = request.url.path.rsplit("/", 1)[-1]
-        schema = {
-            "readReplica": "PostgresServiceReadReplicaRequest",
-            "restoredService": "PostgresServiceRestoreRequest",
-        }.get(what)
-        if schema:  # still refuse bad input with the field's name first
-            await json_body(request, schema)
-        raise bad_request(f"BAD_REQUEST: {what} {LATER}")
 
 
 Handler = Callable[[Request], Awaitable[Response]]

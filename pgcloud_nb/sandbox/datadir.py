@@ -30,7 +30,7 @@ SUPERUSER = "postgres"  # the role initdb makes; the sandbox's sessions log in a
 _template_lock = threading.Lock()
 
 
-def _template(bindir: Path, template_dir: Path) -> Path:
+def template(bindir: Path, template_dir: Path) -> Path:
     """A pristine data folder for ``bindir``, made once (initdb + pg_stat_statements)."""
     key = f"pg{pgbin.server_major(bindir)}-{hashlib.sha1(str(bindir).encode()).hexdigest()[:8]}"
     with _template_lock:
@@ -74,7 +74,7 @@ def make(bindir: Path, pgdata: Path, template_dir: Path | None) -> None:
         chown_tree(pgdata)
         initdb(bindir, pgdata)
     else:
-        copy(_template(bindir, Path(template_dir)), pgdata)
+        copy(template(bindir, Path(template_dir)), pgdata)
 
 
 def copy(src: Path, pgdata: Path) -> None:

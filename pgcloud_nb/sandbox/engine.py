@@ -155,10 +155,7 @@ class Cluster:
     @property
     def bindir(self) -> Path:
         if self._bindir is None:
-            try:
-                self._bindir = pgbin.find_bindir()
-            except pgbin.PgBinariesNotFound as e:
-                raise EngineError(str(e)) from e
+            self._bindir = find_bindir()
         return self._bindir
 
     # -- making
@@ -406,9 +403,10 @@ class Cluster:
         A value PostgreSQL refuses raises :class:`ConfigValueError`; the previous
         file is then back in place and the server never loaded the refused one.
         """
-        pgconf.check_names(settings)
+        applied, _ = pgconf.split_supported(self.bindir, settings)
+        pgconf.check_values(self.bindir, self.pgdata, applied)
         with self._lock:
-            return self._apply_config(settings)
+            return self._apply_config(applied)
 
     def _apply_config(self, settings: dict[str, str]) -> list[str]:
         path = self.pgdata / USER_CONF
@@ -492,6 +490,25 @@ def _clusters_below(clusters_dir: Path) -> Iterator[Cluster]:
             continue
         port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else 0
         yield Cluster(pidfile.parent.parent, port)
+
+
+def find_bindir() -> Path:
+    try:
+        return pgbin.find_bindir()
+    except pgbin.PgBinariesNotFound as e:
+        raise EngineError(str(e)) from e
+
+
+def check_settings(settings: dict[str, str], template_dir: Path) -> None:
+    """ConfigValueError for a value this PostgreSQL refuses, before any service exists.
+
+    Checked against the template data folder, so a create, restore or replica with
+    a bad pgConfig gets its 400 at once instead of a server that never starts.
+    """
+    bindir = find_bindir()
+    applied, _ = pgconf.split_supported(bindir, settings)
+    if applied:
+        pgconf.check_values(bindir, datadir.template(bindir, template_dir), applied)
 
 
 def stop_all(clusters_dir: Path, mode: str = "fast") -> int:

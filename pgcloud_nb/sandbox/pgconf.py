@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +125,67 @@ def config_problem(bindir: Path, pgdata: Path) -> tuple[str | None, str] | None:
     except EngineError as e:
         # Lines look like "<time> [pid] LOG:  invalid value for parameter "x": "y"".
         said = [
-            m.group(2) for m in re.finditer(r"(LOG|FATAL|DETAIL|HINT):\s+(.*)", str(e))
+            m.group(2)
+            for m in re.finditer(r"(LOG|FATAL|DETAIL|HINT):\s+(.*)", str(e))
             if "contains errors" not in m.group(2)
         ]
         message = " ".join(said) or str(e)
         param = re.search(r'parameter "([^"]+)"', message)
         return (param.group(1) if param else None), message
     return None
+
+
+@cache
+def known_parameters(bindir: Path) -> frozenset[str]:
+    """Every parameter this PostgreSQL build knows (``postgres --describe-config``)."""
+    out = run_pg([bindir / "postgres", "--describe-config"], what="describe-config")
+    return frozenset(line.split("\t", 1)[0] for line in out.splitlines() if line)
+
+
+def split_supported(bindir: Path, settings: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """(settings this server knows, names it lacks).
+
+    The API's pgConfig names PostgreSQL 17/18 parameters (``transaction_timeout``);
+    the sandbox may run an older major. Such a setting is accepted and stored, as
+    the API would, but cannot be applied: the server has no such knob.
+    """
+    known = known_parameters(bindir)
+    applied = {k: v for k, v in settings.items() if k in known}
+    return applied, sorted(set(settings) - set(applied))
+
+
+def _show(bindir: Path, pgdata: Path, settings: dict[str, str], name: str) -> str:
+    """The value ``name`` would have with ``settings`` on the command line."""
+    args: list[Any] = [bindir / "postgres", "-D", pgdata, "-C", name]
+    for key, value in settings.items():
+        args += ["-c", f"{key}={value}"]
+    return run_pg(args, what="check").strip()
+
+
+def check_values(bindir: Path, pgdata: Path, settings: dict[str, str]) -> None:
+    """ConfigValueError for the first value PostgreSQL refuses, without a server.
+
+    ``postgres -C`` parses ``-c`` options with the server's own checks and exits.
+    One rule it leaves to start-up is checked here with PostgreSQL's own wording,
+    because a server that cannot start would lose the service on its next restart.
+    """
+    check_names(settings)
+    try:
+        _show(bindir, pgdata, settings, "port")
+    except EngineError as e:
+        said = re.finditer(r"(FATAL|DETAIL|HINT):\s+(.*)", str(e))
+        message = " ".join(m.group(2) for m in said) or str(e)
+        param = re.search(r'parameter "([^"]+)"', message)
+        raise ConfigValueError(param.group(1) if param else "", message) from None
+    if "max_connections" in settings:
+        reserved = int(_show(bindir, pgdata, settings, "superuser_reserved_connections"))
+        wanted = int(_show(bindir, pgdata, settings, "max_connections"))
+        if reserved >= wanted:
+            raise ConfigValueError(
+                "max_connections",
+                f"superuser_reserved_connections ({reserved}) must be less than "
+                f"max_connections ({wanted})",
+            )
 
 
 def reload_conf(conn: psycopg.Connection[Any]) -> list[str]:

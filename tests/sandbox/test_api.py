@@ -433,3 +433,46 @@ def test_create_cut_short_by_kill_9_is_finished(sandbox_root: Path) -> None:
             assert conn.execute("select 1").fetchone() == (1,)
     finally:
         sb.stop()
+
+
+@pytest.mark.parametrize(
+    ("pg_config", "param"),
+    [
+        ({"idle_session_timeout": "2m"}, "idle_session_timeout"),  # PostgreSQL's unit is "min"
+        ({"work_mem": "lots"}, "work_mem"),
+        ({"max_connections": 1}, "max_connections"),  # below superuser_reserved_connections
+    ],
+)
+def test_values_postgresql_refuses_are_a_400_at_create(
+    api: httpx.Client, pg_config: dict[str, Any], param: str
+) -> None:
+    name = f"refused-{uuid.uuid4().hex[:8]}"
+    msg = error(api.post("/postgres", json={**CREATE, "name": name, "pgConfig": pg_config}), 400)
+    assert f"request body.pgConfig.{param}:" in msg
+    assert all(s["name"] != name for s in result(api.get("/postgres")))
+
+
+def test_max_connections_below_reserved_is_refused_on_write(
+    api: httpx.Client, service: dict[str, Any]
+) -> None:
+    sid = service["id"]
+    body = {"pgConfig": {"max_connections": "2"}, "pgBouncerConfig": {}}
+    assert "superuser_reserved_connections" in error(
+        api.patch(f"/postgres/{sid}/config", json=body), 400
+    )
+
+
+def test_a_newer_major_parameter_is_stored_not_applied(
+    api: httpx.Client, service: dict[str, Any]
+) -> None:
+    """transaction_timeout is PostgreSQL 17's; the sandbox may run an older server."""
+    sid = service["id"]
+    body = {"pgConfig": {"transaction_timeout": "120s"}, "pgBouncerConfig": {}}
+    cfg = result(api.patch(f"/postgres/{sid}/config", json=body))
+    assert cfg["pgConfig"]["transaction_timeout"] == "120s"
+    with psycopg.connect(service["connectionString"]) as conn:
+        major = conn.info.server_version // 10000
+        known = conn.execute(
+            "select count(*) from pg_settings where name = 'transaction_timeout'"
+        ).fetchone()
+    assert known == ((1,) if major >= 17 else (0,))
