@@ -5,7 +5,8 @@ Usage::
     pgcloud-nb sandbox start  [--home DIR] [--port N] [--rate-limit 10/10|off]
                               [--provisioning-delay S] [--latency S]
                               [--fault KIND=SHARE ...] [--sample-interval S] [--seed N]
-                              [--timeout S]
+                              [--max-services N] [--backup-interval S]
+                              [--backup-retention S] [--timeout S]
     pgcloud-nb sandbox status [--home DIR] [--json]
     pgcloud-nb sandbox stop   [--home DIR] [--timeout S]
     pgcloud-nb sandbox env    [--home DIR]
@@ -13,7 +14,8 @@ Usage::
 
 Each flag overrides its ``PGCLOUD_SANDBOX_*`` variable (``_HOME``, ``_PORT``,
 ``_RATE_LIMIT``, ``_PROVISIONING_DELAY``, ``_LATENCY``, ``_FAULTS``,
-``_SAMPLE_INTERVAL``, ``_SEED``). ``--fault`` repeats, or takes a comma list:
+``_SAMPLE_INTERVAL``, ``_SEED``, ``_MAX_SERVICES``, ``_BACKUP_INTERVAL``,
+``_BACKUP_RETENTION``). ``--fault`` repeats, or takes a comma list:
 ``--fault 500=0.05 --fault drop=0.02``. Kinds are 500, 503, 429 and drop.
 
 ``eval "$(pgcloud-nb sandbox env)"`` exports ``CLICKHOUSE_API_URL``,
@@ -139,6 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--sample-interval", type=_number(0.1), metavar="S")
     start.add_argument("--seed", type=_number(-sys.maxsize, int), metavar="N")
+    start.add_argument(
+        "--max-services",
+        type=_number(1, int),
+        metavar="N",
+        help="the org's service quota (default 50)",
+    )
+    start.add_argument(
+        "--backup-interval",
+        type=_number(1),
+        metavar="S",
+        help="seconds between base backups (default a day)",
+    )
+    start.add_argument(
+        "--backup-retention",
+        type=_number(1),
+        metavar="S",
+        help="seconds backups are kept (default 7 days)",
+    )
     start.add_argument("--timeout", type=_number(1), default=60.0, metavar="S")
 
     status = actions.add_parser("status", parents=[home], help="is it running? (exit 0 if so)")
@@ -160,7 +180,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "fault", None):
         merged = {k: v for faults in args.fault for k, v in faults.items()}
         over["faults"] = parse_faults(",".join(f"{k}={v}" for k, v in merged.items()))
-    for name in ("port", "provisioning_delay", "latency", "sample_interval", "seed"):
+    knobs = (
+        "port",
+        "provisioning_delay",
+        "latency",
+        "sample_interval",
+        "seed",
+        "max_services",
+        "backup_interval",
+        "backup_retention",
+    )
+    for name in knobs:
         over[name] = getattr(args, name, None)
     return Settings.from_env(**over)
 
