@@ -20,7 +20,7 @@ from .models import OpenEnum, PostgresService, ResourceTagsV1, ServiceState
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["poll_interval", "wait_for_gone", "wait_for_state"]
+__all__ = ["StatePoll", "poll_interval", "wait_for_gone", "wait_for_state"]
 
 DEFAULT_TIMEOUT = 1800.0  # TF waits up to 30 min for a create
 MIN_INTERVAL = 0.5
@@ -95,28 +95,129 @@ def unsettled(service: PostgresService, settle: Mapping[str, Any] | None) -> dic
     return out
 
 
-def _poll_loop(
-    client: Client,
-    desc: str,
-    *,
-    timeout: float,
-    progress: bool,
-    step: Callable[[float], tuple[bool, Any, str]],
-) -> Any:
-    """Call ``step(elapsed)`` until it says done; owns the bar, timeout and sleeping."""
-    start = _clock()
-    bar = _Bar(desc, progress)
+class StatePoll:
+    """The rules of one wait, without any waiting: what to do after each poll.
+
+    Blocking waits (:func:`wait_for_state`, :func:`wait_for_gone`) and the
+    widgets' jobs on the kernel's loop drive the same object::
+
+        poll = StatePoll(service_id, "running")     # state None: until gone (404)
+        while not poll.observe(poll.look(client)):  # True: done; raises: failed
+            show(poll.shown)
+            sleep(poll.pause(client))               # raises WaitTimeout past the timeout
+        return poll.service
+
+    :meth:`look` is the only blocking part (one GET): a loop can run it
+    elsewhere and hand the answer to :meth:`observe`.
+    """
+
+    def __init__(
+        self,
+        service_id: str,
+        state: str | None = "running",
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        settle: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.service_id = service_id
+        self.target = None if state is None else ServiceState(state)
+        self.want = "gone" if self.target is None else self.target.value
+        self.desc = f"{service_id[:8]} → {self.want}"
+        self.timeout = timeout
+        self.settle = settle
+        self.started = _clock()
+        self.elapsed = 0.0  # seconds since the start, taken when the last poll began
+        self.service: PostgresService | None = None  # what the last poll read (None: 404)
+        self.shown = ""  # the last poll's outcome, for a progress display
+        self._bad_since: dict[str, float] = {}
+
+    def look(self, client: Client) -> PostgresService | NotFoundError:
+        """Poll once (a blocking GET): the service, or the 404 it answered."""
+        self.elapsed = _clock() - self.started
+        try:
+            return client.get_service(self.service_id)
+        except NotFoundError as exc:
+            return exc
+
+    def observe(self, seen: PostgresService | NotFoundError) -> bool:
+        """Take the last poll's answer: True when the wait is over.
+
+        Raises :class:`UnexpectedStateError` when the service went where it will
+        not come back from (gone, deleting, unavailable or stopped too long).
+        """
+        elapsed = self.elapsed
+        if isinstance(seen, NotFoundError):
+            self.service = None
+            if self.target is None:
+                self.shown = "gone"
+                return True
+            if elapsed < NOT_FOUND_GRACE:
+                self.shown = "not found yet"
+                return False
+            raise UnexpectedStateError(
+                f"service {self.service_id} is gone (404) while waiting for {self.want}"
+            ) from seen
+        self.service = seen
+        current = seen.state or ServiceState("unknown")
+        self.shown = current.value
+        target = self.target
+        if target is None:
+            return False
+        if current == target:
+            pending = unsettled(seen, self.settle)
+            if not pending:
+                return True
+            self.shown = f"{current.value}, settling {', '.join(pending)}"
+            return False
+        if current == ServiceState.DELETING:
+            raise UnexpectedStateError(
+                f"service {self.service_id} is being deleted; it will never be {self.want}",
+                service=seen,
+            )
+        grace = GRACE.get(current) if target == ServiceState.RUNNING else None
+        if grace is not None:
+            first = self._bad_since.setdefault(current.value, elapsed)
+            if elapsed - first > grace:
+                raise UnexpectedStateError(
+                    f"service {self.service_id} has been {current.value} for "
+                    f"{elapsed - first:.0f}s",
+                    service=seen,
+                )
+        else:
+            self._bad_since.clear()
+        return False
+
+    def pause(self, client: Client) -> float:
+        """Seconds until the next poll (from the budget); WaitTimeout if that passes the timeout."""
+        pause = poll_interval(client)
+        if self.elapsed + pause > self.timeout:
+            raise self._timed_out()
+        return pause
+
+    def _timed_out(self) -> WaitTimeout:
+        svc, settle = self.service, self.settle
+        if svc is not None and svc.state == self.target and settle:
+            return WaitTimeout(
+                f"{self.desc}: fields did not settle in {self.timeout:.0f}s: "
+                + ", ".join(
+                    f"{k} is {v!r}, want {settle[k]!r}" for k, v in unsettled(svc, settle).items()
+                ),
+                service=svc,
+            )
+        return WaitTimeout(
+            f"{self.desc}: still {self.shown} after {self.timeout:.0f}s", service=svc
+        )
+
+
+def _run(client: Client, poll: StatePoll, progress: bool) -> PostgresService | None:
+    """Drive ``poll`` to the end, sleeping between polls; owns the progress bar."""
+    bar = _Bar(poll.desc, progress)
     try:
-        while True:
-            elapsed = _clock() - start
-            done, value, shown = step(elapsed)
-            bar.show(shown)
-            if done:
-                return value
-            pause = poll_interval(client)
-            if elapsed + pause > timeout:
-                raise WaitTimeout(f"{desc}: still {shown} after {timeout:.0f}s", service=value)
-            _sleep(pause)
+        while not poll.observe(poll.look(client)):
+            bar.show(poll.shown)
+            _sleep(poll.pause(client))
+        bar.show(poll.shown)
+        return poll.service
     finally:  # also on KeyboardInterrupt: the bar never stays half-drawn
         bar.close()
 
@@ -131,70 +232,14 @@ def wait_for_state(
     progress: bool = True,
 ) -> PostgresService:
     """Poll until the service is in ``state`` and every ``settle`` field reads back."""
-    target = ServiceState(state)
-    bad_since: dict[str, float] = {}
-
-    def step(elapsed: float) -> tuple[bool, Any, str]:
-        try:
-            svc = client.get_service(service_id)
-        except NotFoundError as exc:
-            if elapsed < NOT_FOUND_GRACE:
-                return False, None, "not found yet"
-            raise UnexpectedStateError(
-                f"service {service_id} is gone (404) while waiting for {target.value}"
-            ) from exc
-        current = svc.state or ServiceState("unknown")
-        pending = unsettled(svc, settle)
-        if current == target:
-            if not pending:
-                return True, svc, current.value
-            return False, svc, f"{current.value}, settling {', '.join(pending)}"
-        if current == ServiceState.DELETING and target != ServiceState.DELETING:
-            raise UnexpectedStateError(
-                f"service {service_id} is being deleted; it will never be {target.value}",
-                service=svc,
-            )
-        grace = GRACE.get(current) if target == ServiceState.RUNNING else None
-        if grace is not None:
-            first = bad_since.setdefault(current.value, elapsed)
-            if elapsed - first > grace:
-                raise UnexpectedStateError(
-                    f"service {service_id} has been {current.value} for {elapsed - first:.0f}s",
-                    service=svc,
-                )
-        else:
-            bad_since.clear()
-        return False, svc, current.value
-
-    desc = f"{service_id[:8]} → {target.value}"
-    try:
-        result: PostgresService = _poll_loop(
-            client, desc, timeout=timeout, progress=progress, step=step
-        )
-    except WaitTimeout as exc:
-        svc = exc.service
-        if isinstance(svc, PostgresService) and svc.state == target and settle:
-            raise WaitTimeout(
-                f"{desc}: fields did not settle in {timeout:.0f}s: "
-                + ", ".join(
-                    f"{k} is {v!r}, want {settle[k]!r}" for k, v in unsettled(svc, settle).items()
-                ),
-                service=svc,
-            ) from None
-        raise
-    return result
+    poll = StatePoll(service_id, state, timeout=timeout, settle=settle)
+    svc = _run(client, poll, progress)
+    assert svc is not None  # a wait for a state ends on a service, never on a 404
+    return svc
 
 
 def wait_for_gone(
     client: Client, service_id: str, *, timeout: float = DEFAULT_TIMEOUT, progress: bool = True
 ) -> None:
     """Poll until GET answers 404 (after a delete)."""
-
-    def step(elapsed: float) -> tuple[bool, Any, str]:
-        try:
-            svc = client.get_service(service_id)
-        except NotFoundError:
-            return True, None, "gone"
-        return False, svc, svc.state.value if svc.state else "unknown"
-
-    _poll_loop(client, f"{service_id[:8]} → gone", timeout=timeout, progress=progress, step=step)
+    _run(client, StatePoll(service_id, None, timeout=timeout), progress)

@@ -172,3 +172,96 @@ def test_polling_alone_stays_within_half_the_budget(clock: Clock) -> None:
     with pytest.raises(WaitTimeout):
         client.wait(SID, timeout=60, progress=False)
     assert client.request_count <= 60 / 10 * 5 + 1
+
+
+# -- one set of rules: the blocking waits and the widgets' jobs drive the same StatePoll ------
+
+
+def drive(job: Any, clock: Clock) -> Any:
+    """Run a widget job to the end on the fake clock (calls inline, pauses on the clock)."""
+    from pgcloud_nb.widgets._runtime import Call
+
+    value: Any = None
+    while True:
+        try:
+            step = job.send(value)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(step, Call):
+            value = step.fn()  # StatePoll.look answers a 404 instead of raising it
+        else:
+            value = None
+            clock.sleep(step)
+
+
+def outcome(run: Any) -> tuple[str, str]:
+    try:
+        result = run()
+    except (UnexpectedStateError, WaitTimeout) as exc:
+        return type(exc).__name__, str(exc)
+    return "done", result.state.value if result is not None else "gone"
+
+
+SCENARIOS = [
+    ("running", (svc("creating"), svc("running")), 1800),
+    ("running", (404, svc("running")), 1800),
+    ("running", (404,), 1800),
+    ("running", (svc("creating"), svc("deleting")), 1800),
+    ("running", (svc("unavailable"), svc("unavailable"), svc("running")), 1800),
+    ("running", (svc("stopped"),), 1800),
+    ("running", (svc("hibernating"), svc("running")), 1800),
+    ("running", (svc("creating"),), 5),
+    ("stopped", (svc("unavailable"), svc("stopped")), 1800),
+    (None, (svc("deleting"), svc("deleting"), 404), 1800),
+    (None, (svc("deleting"),), 5),
+]
+
+
+@pytest.mark.parametrize(("state", "answers", "timeout"), SCENARIOS)
+def test_widget_wait_follows_the_same_rules(
+    clock: Clock, state: str | None, answers: tuple[Any, ...], timeout: float
+) -> None:
+    from pgcloud_nb.widgets._runtime import StatusLine, wait_job
+
+    blocking = client_reading(*answers)
+    if state is None:
+        want = outcome(lambda: blocking.wait_gone(SID, timeout=timeout, progress=False))
+    else:
+        want = outcome(lambda: blocking.wait(SID, state, timeout=timeout, progress=False))
+    spent, clock.now = clock.now, 0.0
+
+    job_client = client_reading(*answers)
+    status = StatusLine()
+    got = outcome(
+        lambda: drive(wait_job(job_client, SID, state, status=status, timeout=timeout), clock)
+    )
+    assert got == want
+    assert job_client.request_count == blocking.request_count and clock.now == spent
+    if got[0] == "done":
+        assert status.value.startswith(f"✓ {got[1]} after ")
+    else:
+        assert status.value.startswith("…") and " → " in status.value
+
+
+def test_state_poll_decides_without_waiting(clock: Clock) -> None:
+    from pgcloud_nb.errors import NotFoundError
+    from pgcloud_nb.models import PostgresService
+
+    poll = waiters.StatePoll(SID, "running", timeout=60)
+    gone = NotFoundError(404, "x", request_id="r")
+    assert not poll.observe(gone) and poll.shown == "not found yet" and poll.service is None
+    assert not poll.observe(PostgresService.model_validate(svc("creating")))
+    assert poll.shown == "creating" and poll.pause(waiters_client()) == waiters.MIN_INTERVAL
+    assert poll.observe(PostgresService.model_validate(svc("running")))
+    assert poll.service is not None and poll.service.state == "running"
+    clock.now = waiters.NOT_FOUND_GRACE
+    poll.elapsed = clock.now - poll.started
+    with pytest.raises(UnexpectedStateError, match="gone"):
+        poll.observe(gone)
+    poll.elapsed = 60.0
+    with pytest.raises(WaitTimeout, match=r"→ running: still"):
+        poll.pause(waiters_client())
+
+
+def waiters_client() -> Client:
+    return client_reading(svc("running"))

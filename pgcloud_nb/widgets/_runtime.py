@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import functools
 import html
-import time
 import traceback
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -38,16 +37,9 @@ from urllib.parse import urlsplit
 
 import ipywidgets as widgets
 
-from ..errors import (
-    APIError,
-    NotFoundError,
-    PgCloudError,
-    UnexpectedStateError,
-    WaitTimeout,
-    redact,
-)
-from ..models import PostgresService, ServiceState
-from ..waiters import DEFAULT_TIMEOUT, NOT_FOUND_GRACE, poll_interval
+from ..errors import APIError, PgCloudError, redact
+from ..models import PostgresService
+from ..waiters import DEFAULT_TIMEOUT, StatePoll
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -234,45 +226,21 @@ def wait_job(
 ) -> Job[PostgresService | None]:
     """Poll until the service is in ``state`` (``None``: until it is gone, 404).
 
-    The same rules as :func:`pgcloud_nb.waiters.wait_for_state` (poll interval
-    from the shared budget, a short grace for a 404 right after a create, fail
-    fast on ``deleting``), but as a job, so that it can run on the kernel's
-    loop: ``client.wait`` sleeps with ``time.sleep`` and would block it.
+    The rules are :class:`pgcloud_nb.waiters.StatePoll`'s, the ones
+    :func:`pgcloud_nb.waiters.wait_for_state` follows (poll interval from the
+    shared budget, a short grace for a 404 right after a create, fail fast on
+    ``deleting``, limited patience with ``unavailable`` and ``stopped``), but
+    driven as a job, so that it can run on the kernel's loop: ``client.wait``
+    sleeps with ``time.sleep`` and would block it.
     """
-    started = time.monotonic()
-    target = None if state is None else ServiceState(state)
-    want = target.value if target is not None else "gone"
-    svc: PostgresService | None = None
-    while True:
-        elapsed = time.monotonic() - started
-        try:
-            svc = yield Call(functools.partial(client.get_service, service_id))
-        except NotFoundError:
-            if target is None:
-                if status is not None:
-                    status.set(f"gone after {elapsed:.0f} s", icon="✓")
-                return None
-            if elapsed > NOT_FOUND_GRACE:
-                raise UnexpectedStateError(
-                    f"service {service_id} is gone (404) while waiting for {want}"
-                ) from None
-            shown = "not found yet"
-        else:
-            assert svc is not None
-            shown = svc.state.value if svc.state else "unknown"
-            if target is not None and svc.state == target:
-                if status is not None:
-                    status.set(f"{shown} after {elapsed:.0f} s", icon="✓")
-                return svc
-            if target is not None and svc.state == ServiceState.DELETING:
-                raise UnexpectedStateError(
-                    f"service {service_id} is being deleted; it will never be {want}", service=svc
-                )
+    poll = StatePoll(service_id, state, timeout=timeout)
+    while not poll.observe((yield Call(functools.partial(poll.look, client)))):
         if status is not None:
-            status.set(f"{shown} → {want} · {elapsed:.0f} s", icon="…")
-        if elapsed > timeout:
-            raise WaitTimeout(f"{service_id[:8]} → {want}: still {shown} after {timeout:.0f}s")
-        yield poll_interval(client)
+            status.set(f"{poll.shown} → {poll.want} · {poll.elapsed:.0f} s", icon="…")
+        yield poll.pause(client)
+    if status is not None:
+        status.set(f"{poll.shown} after {poll.elapsed:.0f} s", icon="✓")
+    return poll.service
 
 
 def poll_job(
