@@ -20,16 +20,11 @@ How the run is set up, and why:
   ``not_a_server_error``, ``response_schema_conformance`` and
   ``content_type_conformance``. The spec declares only 200/400/500; the
   sandbox's realistic 401/404/409 (API-NOTES §10.3) are not checked here.
-- Fuzzed creates make real PostgreSQL clusters. ``Settings.max_services`` caps
-  them (past it a create answers 400, which the spec declares), and every
-  service is deleted after the run. Read replicas and restored services are
-  not counted by that quota today, so the fuzzer can make many of them; they
-  are deleted after the run too.
-- Every case uses a fresh connection (``Connection: close``): the sandbox's
-  listening socket lacks TCP_NODELAY, so on a kept-alive connection each
-  answer waits about 40 ms for the client's delayed ACK. One worker: with
-  more, schemathesis' threads hit CPython 3.11.7's "AST constructor recursion
-  depth mismatch" SystemError.
+- Fuzzed creates, restores and replicas make real PostgreSQL clusters.
+  ``Settings.max_services`` caps them (past it the API answers 400, which the
+  spec declares), and every service is deleted after the run, replicas first.
+- One worker: with more, schemathesis' threads hit CPython 3.11.7's "AST
+  constructor recursion depth mismatch" SystemError.
 
 The per-operation example counts come from schemathesis' JSON report and are
 printed (run with ``-s`` to see them). An operation whose inputs are all fixed
@@ -160,21 +155,25 @@ def delete_all(api: httpx.Client, timeout: float = 180) -> str:
     services = api.get("/postgres").json()["result"]
     before = Counter(s["state"] for s in services)
     answers: Counter[int] = Counter()
-    pending = []
-    # Replicas first: a primary goes after the services that follow it.
-    for svc in sorted(services, key=lambda s: bool(s.get("isPrimary", True))):
-        sid = svc["id"]
-        if svc["state"] not in ("running", "unavailable", "stopped", "deleting"):
-            wait_state(api, sid, "running", timeout=30)
-        answers[api.delete(f"/postgres/{sid}").status_code] += 1
-        pending.append(sid)
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        pending = [sid for sid in pending if api.get(f"/postgres/{sid}").status_code != 404]
-        time.sleep(0.2)
+    left: list[str] = []
+    # Replicas first, and gone, before the primaries they follow (a primary with
+    # replicas cannot be deleted: 409).
+    for primaries in (False, True):
+        pending = []
+        for svc in (s for s in services if bool(s.get("isPrimary", True)) == primaries):
+            sid = svc["id"]
+            if svc["state"] not in ("running", "unavailable", "stopped", "deleting"):
+                wait_state(api, sid, "running", timeout=30)
+            answers[api.delete(f"/postgres/{sid}").status_code] += 1
+            pending.append(sid)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            pending = [sid for sid in pending if api.get(f"/postgres/{sid}").status_code != 404]
+            time.sleep(0.2)
+        left += pending
     return (
         f"{len(services)} services ({dict(before)}); DELETE answers {dict(answers)}; "
-        f"{len(services) - len(pending)} gone, {len(pending)} left"
+        f"{len(services) - len(left)} gone, {len(left)} left"
     )
 
 
@@ -239,10 +238,6 @@ def schemathesis(
         str(report),
         "--workers",
         str(WORKERS),
-        # A fresh connection per case. The sandbox's listening socket lacks TCP_NODELAY,
-        # so on a kept-alive connection every answer waits ~40 ms for a delayed ACK.
-        "--header",
-        "Connection: close",
         "--no-color",
         *extra,
     ]
@@ -301,7 +296,9 @@ def summary(run: Run) -> str:
     return "\n".join(lines)
 
 
-def test_schemathesis_conformance(fuzz_sandbox: tuple[SandboxInfo, Sandbox]) -> None:
+def test_schemathesis_conformance(
+    fuzz_sandbox: tuple[SandboxInfo, Sandbox], capsys: pytest.CaptureFixture[str]
+) -> None:
     info, _ = fuzz_sandbox
     folder = Path(tempfile.mkdtemp(prefix="pgcloud-nb-schemathesis-"))
     try:
@@ -344,12 +341,14 @@ def test_schemathesis_conformance(fuzz_sandbox: tuple[SandboxInfo, Sandbox]) -> 
 
         swaps = folder / "swaps.log"
         swapped = len(swaps.read_text().splitlines()) if swaps.exists() else 0
-        print()
-        for run in runs:
-            print(summary(run))
-        print(f"== DELETEs of the shared service swapped for a random id: {swapped}")
-        print(f"== shared service after the runs: {shared_state}")
-        print(f"== cleanup: {cleanup}")
+        # Shown even without -s: CI's log is where these counts are read.
+        with capsys.disabled():
+            print()
+            for run in runs:
+                print(summary(run))
+            print(f"== DELETEs of the shared service swapped for a random id: {swapped}")
+            print(f"== shared service after the runs: {shared_state}")
+            print(f"== cleanup: {cleanup}")
 
         for run in runs:
             r = run.report
