@@ -47,7 +47,6 @@ def _cell_times(junit: Path) -> dict[str, list[float]]:
 def test_every_notebook_passes_nbval(figures: dict[str, str]) -> None:
     root = nbrun.reachable_dir("pgcloud-nb-nbval-")
     home, work = root / "sandbox", root / "notebooks"
-    nbrun.copy_notebooks(work, expected=True)
     (root / "pytest.ini").write_text("[pytest]\n")  # not the repository's settings
     junit = root / "nbval.xml"
     cmd = [
@@ -74,6 +73,7 @@ def test_every_notebook_passes_nbval(figures: dict[str, str]) -> None:
     env = nbrun.clean_env(PGCLOUD_SANDBOX_HOME=str(home))
     started = time.monotonic()
     try:
+        nbrun.copy_notebooks(work, expected=True)
         run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1700)
         elapsed = time.monotonic() - started
         out = run.stdout + run.stderr
