@@ -10,7 +10,7 @@ Usage::
     pgcloud-nb sandbox status [--home DIR] [--json]
     pgcloud-nb sandbox stop   [--home DIR] [--timeout S]
     pgcloud-nb sandbox env    [--home DIR]
-    pgcloud-nb lab            [--home DIR] [--no-browser] [JUPYTER LAB ARGS ...]
+    pgcloud-nb lab            [--home DIR] [--no-browser] [--sandbox] [JUPYTER LAB ARGS ...]
 
 Each flag overrides its ``PGCLOUD_SANDBOX_*`` variable (``_HOME``, ``_PORT``,
 ``_RATE_LIMIT``, ``_PROVISIONING_DELAY``, ``_LATENCY``, ``_FAULTS``,
@@ -25,7 +25,9 @@ Each flag overrides its ``PGCLOUD_SANDBOX_*`` variable (``_HOME``, ``_PORT``,
 swapped.
 
 ``lab`` starts the sandbox if needed and exports its variables (and
-``PGCLOUD_SANDBOX_HOME``). It then runs ``jupyter lab`` in the repository's
+``PGCLOUD_SANDBOX_HOME``) — unless a cloud API key is set in the environment
+or a ``.env`` (as ``connect()`` would find it), which then wins; ``--sandbox``
+forces the sandbox. It then runs ``jupyter lab`` in the repository's
 ``notebooks/`` folder if there is one, else in the current folder. Arguments
 it does not know are passed on to jupyter.
 
@@ -51,6 +53,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pgcloud_nb.__about__ import __version__
+from pgcloud_nb.credentials import ResolvedCredentials, resolve
+from pgcloud_nb.errors import ConfigurationError
 from pgcloud_nb.sandbox.server import Sandbox, SandboxInfo
 from pgcloud_nb.sandbox.settings import Settings, parse_faults, parse_rate_limit
 
@@ -169,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = commands.add_parser("lab", parents=[home], help="JupyterLab on the sandbox")
     lab.add_argument("--no-browser", action="store_true", help="passed on to jupyter lab")
+    lab.add_argument("--sandbox", action="store_true",
+                     help="use the sandbox even when a cloud API key is set")
     return parser
 
 
@@ -263,13 +269,29 @@ def _lab(args: argparse.Namespace, sb: Sandbox, jupyter_args: list[str]) -> int:
         print("pgcloud-nb: error: jupyter is not installed (pip install 'pgcloud-nb[notebook]')",
               file=sys.stderr)  # fmt: skip
         return EXIT_NO_JUPYTER
+    where = NOTEBOOKS if NOTEBOOKS.is_dir() else Path.cwd()
+    argv = ["jupyter", "lab", *(["--no-browser"] if args.no_browser else []), *jupyter_args]
+    cloud = None if args.sandbox else _cloud_key(where)
+    if cloud is not None:
+        # A real key wins, as in connect(): never hide it behind the sandbox's.
+        print(f"cloud API key from {cloud.source}: the notebooks talk to {cloud.base_url} "
+              "(--sandbox to use the sandbox instead)", file=sys.stderr)  # fmt: skip
+        return exec_jupyter(jupyter, argv, dict(os.environ), where)
     info = sb.start()
     # The kernels find the same sandbox: its variables, and its home for ensure_running().
     env = {**os.environ, **info.env(), "PGCLOUD_SANDBOX_HOME": str(info.home)}
-    where = NOTEBOOKS if NOTEBOOKS.is_dir() else Path.cwd()
-    argv = ["jupyter", "lab", *(["--no-browser"] if args.no_browser else []), *jupyter_args]
     print(f"sandbox at {info.url}; starting JupyterLab in {where}", file=sys.stderr)
     return exec_jupyter(jupyter, argv, env, where)
+
+
+def _cloud_key(where: Path) -> ResolvedCredentials | None:
+    """The cloud key a notebook's connect() would find (environment, or a .env), if any."""
+    for env_file in dict.fromkeys((Path.cwd() / ".env", where / ".env")):
+        try:
+            return resolve(env_file=env_file, sandbox=False)
+        except ConfigurationError:
+            continue
+    return None
 
 
 def exec_jupyter(path: str, argv: list[str], env: dict[str, str], cwd: Path) -> int:

@@ -191,3 +191,22 @@ def test_lab_exports_the_sandbox_and_runs_jupyter(
 def test_lab_without_jupyter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(cli.shutil, "which", lambda name: None)
     assert cli.main(["lab", "--home", str(tmp_path)]) == 127
+
+
+def test_lab_keeps_a_real_cloud_key(
+    standin: None, home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A cloud key in the environment wins, as in connect(); --sandbox overrides."""
+    calls: list[dict[str, str]] = []
+    monkeypatch.setattr(cli, "exec_jupyter", lambda path, argv, env, cwd: calls.append(env) or 0)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLICKHOUSE_CLOUD_API_KEY", "REALKEYID")
+    monkeypatch.setenv("CLICKHOUSE_CLOUD_API_SECRET", "real-secret")
+    assert cli.main(["lab", "--home", str(home)]) == 0
+    assert calls[0]["CLICKHOUSE_CLOUD_API_KEY"] == "REALKEYID"
+    assert Sandbox(home).status() is None  # no sandbox was started for it
+
+    assert cli.main(["lab", "--home", str(home), "--sandbox"]) == 0
+    info = Sandbox(home).status()
+    assert info is not None
+    assert calls[1]["CLICKHOUSE_CLOUD_API_KEY"] == info.key_id
