@@ -149,9 +149,12 @@ def split_supported(bindir: Path, settings: dict[str, str]) -> tuple[dict[str, s
     the sandbox may run an older major. Such a setting is accepted and stored, as
     the API would, but cannot be applied: the server has no such knob.
     """
-    known = known_parameters(bindir)
-    applied = {k: v for k, v in settings.items() if k in known}
-    return applied, sorted(set(settings) - set(applied))
+    from pgcloud_nb.spec import pg_config_keys
+
+    known, api_keys = known_parameters(bindir), pg_config_keys()
+    # Only the API's own keys are skipped; any other unknown name is PostgreSQL's to refuse.
+    lacking = sorted(k for k in settings if k not in known and k in api_keys)
+    return {k: v for k, v in settings.items() if k not in lacking}, lacking
 
 
 def _show(bindir: Path, pgdata: Path, settings: dict[str, str], name: str) -> str:
