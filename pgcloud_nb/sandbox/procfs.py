@@ -55,6 +55,7 @@ class ProcReading:
     write_bytes_tree: int
     pss: int
     pss_shmem: int
+    rss: int  # counts shared pages once per process: an upper bound, for comparison
 
     @property
     def key(self) -> str:
@@ -133,6 +134,7 @@ def _read(pid: int) -> ProcReading | None:
         write_bytes_tree=writes,
         pss=pss,
         pss_shmem=shmem,
+        rss=int(f[21]) * _PAGE,
     )
 
 

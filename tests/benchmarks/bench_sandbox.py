@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
+from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings, procfs
 
 POLL = 0.05
 AIM_CREATE = 3.0
@@ -92,38 +92,6 @@ def restart(api: httpx.Client, sid: str) -> float:
 # -- memory ----------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def process_tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(_children(p))
-    return out
-
-
-def rollup(pid: int) -> dict[str, int]:
-    """The kB figures of /proc/<pid>/smaps_rollup (Rss, Pss, Pss_Shmem, ...)."""
-    out: dict[str, int] = {}
-    try:
-        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines[1:]:
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            out[key.strip()] = int(parts[0])
-    return out
-
-
 def postmaster_pids(clusters: Path) -> dict[str, int]:
     pids = {}
     for pidfile in clusters.glob("*/pgdata/postmaster.pid"):
@@ -137,11 +105,8 @@ def memory(clusters: Path, ids: list[str]) -> list[tuple[int, int, int]]:
     pids = postmaster_pids(clusters)
     out = []
     for sid in ids:
-        tree = process_tree(pids[sid])
-        rolls = [rollup(p) for p in tree]
-        out.append(
-            (len(tree), sum(r.get("Pss", 0) for r in rolls), sum(r.get("Rss", 0) for r in rolls))
-        )
+        tree = procfs.process_tree(pids[sid])  # the sampler's own reading of /proc
+        out.append((len(tree), sum(p.pss for p in tree) // 1024, sum(p.rss for p in tree) // 1024))
     return out
 
 

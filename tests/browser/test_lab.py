@@ -9,13 +9,13 @@ redraw twice more. Screenshots go to ``test-artifacts/``.
 from __future__ import annotations
 
 import re
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from labpage import kernel_idle, until
 
 import pgcloud_nb
 from pgcloud_nb.client import Client
@@ -43,25 +43,6 @@ def pg(sandbox: SandboxInfo) -> Iterator[Client]:
     client.close()
 
 
-def _until(what: str, check: Callable[[], Any], timeout: float, page: Any) -> Any:
-    """Poll ``check`` until it returns something truthy; fail saying ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            errors = page.locator(".pgcloud-errors").all_inner_texts()
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; "
-                        f"error panels: {errors!r}")
-        page.wait_for_timeout(250)
-
-
-def _kernel_idle(page: Any) -> bool:
-    text = page.locator("#jp-main-statusbar").inner_text(timeout=5_000)
-    return "Idle" in text
-
-
 def _redraws(page: Any) -> int:
     text = page.locator(".pgcloud-chart-status").first.inner_text(timeout=5_000)
     found = re.search(r"redraws (\d+)", text)
@@ -78,14 +59,14 @@ def test_widgets_render_create_and_chart_in_jupyterlab(
 ) -> None:
     page.goto(lab.notebook_url("widgets.ipynb"))
     page.wait_for_selector(".jp-NotebookPanel", timeout=60_000)
-    _until("the kernel to be Idle", lambda: _kernel_idle(page), 90, page)
+    until(page, "the kernel to be Idle", lambda: kernel_idle(page), 90)
 
     # Run all, from the menu as a person would.
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
     page.wait_for_selector(".pgcloud-live-chart", timeout=90_000)
-    _until("every cell to finish", lambda: page.locator(".jp-InputPrompt", has_text="[*]")
-           .count() == 0 and _kernel_idle(page), 90, page)
+    until(page, "every cell to finish", lambda: page.locator(".jp-InputPrompt", has_text="[*]")
+           .count() == 0 and kernel_idle(page), 90)
 
     for cls in ("pgcloud-create-form", "pgcloud-fleet-table", "pgcloud-live-chart"):
         assert page.locator(f".{cls}").count() == 1, f"{cls} did not render"
@@ -102,7 +83,7 @@ def test_widgets_render_create_and_chart_in_jupyterlab(
     start_redraws = _redraws(page)
     page.locator(".pgcloud-create-form button", has_text="Create service").click()
     status = page.locator(".pgcloud-create-form .widget-html", has_text=re.compile("running after"))
-    _until("the form to report running", lambda: status.count() > 0, 120, page)
+    until(page, "the form to report running", lambda: status.count() > 0, 120)
     page.locator(".pgcloud-create-form").screenshot(path=str(artifacts / "lab-02-created.png"))
 
     # The service exists, as the API says.
@@ -112,7 +93,7 @@ def test_widgets_render_create_and_chart_in_jupyterlab(
     assert "PGPASSWORD" not in page.inner_text("body")  # nothing written or shown yet
 
     # The chart picks the new service up and redraws at least twice more.
-    _until("two more chart redraws", lambda: _redraws(page) >= start_redraws + 2, 90, page)
+    until(page, "two more chart redraws", lambda: _redraws(page) >= start_redraws + 2, 90)
     page.locator(".pgcloud-live-chart").screenshot(path=str(artifacts / "lab-03-chart.png"))
     assert "Error displaying widget" not in page.content()
     assert page.locator(".pgcloud-errors .pgcloud-error").count() == 0, (
