@@ -60,7 +60,7 @@ ORG_PROMETHEUS_MAX = 100
 # -- the app --------------------------------------------------------------------
 
 
-class Sandbox:
+class SandboxAPI:
     """The routes' shared state: settings, credentials, store and lifecycle."""
 
     def __init__(self, settings: Settings) -> None:
@@ -369,7 +369,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
-    sb = Sandbox(settings)
+    sb = SandboxAPI(settings)
 
     def authed(handler: Handler) -> Handler:
         async def wrapped(request: Request) -> Response:
