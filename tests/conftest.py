@@ -15,6 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+import pgcloud_nb
+from pgcloud_nb.client import Client
+from pgcloud_nb.ratelimit import Budget
 from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
 
 
@@ -53,6 +56,20 @@ def faulty_sandbox(sandbox_root: Path) -> Iterator[SandboxInfo]:
     sb, info = _start(sandbox_root, "faulty", rate_limit=0, faults=faults, seed=7)
     yield info
     sb.stop()
+
+
+@pytest.fixture(scope="module")
+def pg(sandbox: SandboxInfo) -> Iterator[Client]:
+    """A client on the ``sandbox`` with no request budget (the limit is off there too)."""
+    client = pgcloud_nb.connect(
+        api_key=sandbox.key_id,
+        api_secret=sandbox.key_secret,
+        org_id=sandbox.org_id,
+        base_url=sandbox.url,
+        budget=Budget.unlimited(),
+    )
+    yield client
+    client.close()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -170,14 +170,6 @@ def test_closed_charts_release_their_figure() -> None:
 # -- against the sandbox ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pg(sandbox: SandboxInfo) -> Iterator[Client]:
-    client = pgcloud_nb.connect(
-        api_key=sandbox.key_id, api_secret=sandbox.key_secret, org_id=sandbox.org_id,
-        base_url=sandbox.url, budget=Budget.unlimited(),
-    )
-    yield client
-    client.close()
 
 
 def test_interval_defaults_and_budget(sandbox: SandboxInfo) -> None:

@@ -20,12 +20,10 @@ from typing import Any
 import ipywidgets.widgets.widget as widget_module
 import pytest
 
-import pgcloud_nb
 from pgcloud_nb.client import Client
 from pgcloud_nb.errors import NotFoundError
 from pgcloud_nb.models import PostgresService
 from pgcloud_nb.ratelimit import Budget
-from pgcloud_nb.sandbox import SandboxInfo
 from pgcloud_nb.spec import FieldError
 from pgcloud_nb.widgets import (
     ConfigEditor,
@@ -42,14 +40,6 @@ from pgcloud_nb.widgets._runtime import ErrorPanel, has_room, paced, run_job
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def pg(sandbox: SandboxInfo) -> Iterator[Client]:
-    client = pgcloud_nb.connect(
-        api_key=sandbox.key_id, api_secret=sandbox.key_secret, org_id=sandbox.org_id,
-        base_url=sandbox.url, budget=Budget.unlimited(),
-    )
-    yield client
-    client.close()
 
 
 def _running(pg: Client, name: str, **kw: Any) -> PostgresService:

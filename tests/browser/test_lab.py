@@ -17,10 +17,7 @@ from typing import Any
 import pytest
 from labpage import kernel_idle, until
 
-import pgcloud_nb
 from pgcloud_nb.client import Client
-from pgcloud_nb.ratelimit import Budget
-from pgcloud_nb.sandbox import SandboxInfo
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -32,15 +29,6 @@ def page(browser: Any, artifacts: Path) -> Iterator[Any]:
     yield page
     page.screenshot(path=str(artifacts / "lab-last.png"), full_page=True)
     context.close()
-
-
-@pytest.fixture
-def pg(sandbox: SandboxInfo) -> Iterator[Client]:
-    client = pgcloud_nb.connect(api_key=sandbox.key_id, api_secret=sandbox.key_secret,
-                                org_id=sandbox.org_id, base_url=sandbox.url,
-                                budget=Budget.unlimited())
-    yield client
-    client.close()
 
 
 def _redraws(page: Any) -> int:
