@@ -56,6 +56,25 @@ def test_data_sheet_sample() -> None:
     )
 
 
+def test_sandbox_org_scrape() -> None:
+    """A real scrape of the sandbox's org endpoint (two services, one with a name that
+    needs escapes), parsed as prometheus_client parses it, sample for sample."""
+    text = (PROM / "sandbox_org.prom").read_text()
+    frame = parse_prometheus(text, timestamp=T0)
+    families = {f.name for f in text_string_to_metric_families(text)}
+    assert set(frame["metric"].astype(str)) == families
+    assert len(set(frame["metric"].astype(str))) == 22  # every metric of the data sheet
+    assert sorted(set(frame["service_name"].astype(str))) == ['fixture "b"\\x', "fixture-a"]
+    theirs = sorted(
+        (s.labels["postgres_service"], s.value)
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    )
+    ours = sorted(zip(frame["service_id"].astype(str), frame["value"], strict=True))
+    assert ours == theirs
+    assert (frame["metric"].astype(str) == "PostgresServer_CPUSeconds_Total").any()
+
+
 def test_total_names_are_kept_where_prometheus_client_renames_them() -> None:
     text = exposition(services(2))
     ours = set(parse_prometheus(text)["metric"].cat.categories)
