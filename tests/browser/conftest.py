@@ -116,10 +116,13 @@ def lab(sandbox: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Itera
             shutil.copy(log, ARTIFACTS / "jupyterlab.log")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: playwright's sync API keeps an asyncio loop running in
+# this thread while it is open, which would break every later test that runs a loop.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+        # .ci/setup --test installs it; a missing browser must not pass as a skip.
+        pytest.fail(f"{CHROMIUM} is missing (run .ci/setup --test, or apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
