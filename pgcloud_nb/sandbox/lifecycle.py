@@ -311,9 +311,19 @@ class Lifecycle:
 
     # -- password and config -----------------------------------------------
 
+    def current(self, row: ServiceRow, action: str) -> ServiceRow:
+        """The service as it is now, called under its lock: a switchover or a standby
+        change that held the lock may have moved the primary or removed nodes."""
+        found = self.store.get(row.id)
+        if found is None:
+            raise Conflict("Service is gone.")
+        self.require_running(found, action)
+        return found
+
     async def set_password(self, row: ServiceRow, password: str) -> None:
         self.require_running(row, "a password reset")
         async with self.lock(row.id):
+            row = self.current(row, "a password reset")
             await self.run(self.cluster(row).set_password, password)
 
     async def apply_config(
@@ -326,6 +336,7 @@ class Lifecycle:
         """
         self.require_running(row, "changing the configuration")
         async with self.lock(row.id):
+            row = self.current(row, "changing the configuration")
             pending = await self.run(self.cluster(row).apply_config, pg_config)
             self.store.update(row.id, pg_config=pg_config, pg_bouncer_config=bouncer)
             for node in self.layout.standbys(row):  # standbys run the same settings
@@ -338,8 +349,9 @@ class Lifecycle:
     async def rename(self, row: ServiceRow, name: str) -> ServiceRow:
         """A new name means a new hostname and a new server certificate (spec)."""
         self.require_running(row, "a rename")
-        hostname = rename_hostname(row.hostname, name, row.id)
         async with self.lock(row.id):
+            row = self.current(row, "a rename")
+            hostname = rename_hostname(row.hostname, name, row.id)
             primary = self.cluster(row)
             await self.run(primary.reissue_certificate, [hostname])
             for node in self.layout.standbys(row):  # one identity for every node
