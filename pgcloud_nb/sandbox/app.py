@@ -242,23 +242,30 @@ class SandboxAPI:
     # -- restores and read replicas (API-NOTES §5.6, §5.7) --
 
     async def restored_service(self, request: Request) -> Response:
-        source = self.service(request)
-        body = await json_body(request, "PostgresServiceRestoreRequest")
-        self.check_quota()
-        await self.check_pg_config(body)
-        try:
-            row = self.life.restores.start_restore(source, body)
-        except RequestRefused as exc:
-            raise bad_request(str(exc)) from None
-        return ok(service_view(row))  # no password (API-NOTES §7)
+        restores = self.life.restores
+        return await self._new_from(
+            request, "PostgresServiceRestoreRequest", restores.start_restore
+        )
 
     async def read_replica(self, request: Request) -> Response:
-        primary = self.service(request)
-        body = await json_body(request, "PostgresServiceReadReplicaRequest")
+        restores = self.life.restores
+        return await self._new_from(
+            request, "PostgresServiceReadReplicaRequest", restores.start_replica
+        )
+
+    async def _new_from(
+        self,
+        request: Request,
+        schema_name: str,
+        start: Callable[[ServiceRow, dict[str, Any]], ServiceRow],
+    ) -> Response:
+        """A new service made from an existing one's backups: a restore or a replica."""
+        source = self.service(request)
+        body = await json_body(request, schema_name)
         self.check_quota()
         await self.check_pg_config(body)
         try:
-            row = self.life.restores.start_replica(primary, body)
+            row = start(source, body)
         except RequestRefused as exc:
             raise bad_request(str(exc)) from None
         return ok(service_view(row))  # no password (API-NOTES §7)
