@@ -164,10 +164,13 @@ class LiveChart(widgets.VBox):
         self.start_button.on_click(guard(lambda _: self.start()))
         self.pause_button.on_click(guard(lambda _: self.pause()))
         self.stop_button.on_click(guard(lambda _: self.stop()))
-        super().__init__([
-            widgets.HBox([self.start_button, self.pause_button, self.stop_button, self.status]),
-            self.image, self.errors,
-        ])
+        super().__init__(
+            [
+                widgets.HBox([self.start_button, self.pause_button, self.stop_button, self.status]),
+                self.image,
+                self.errors,
+            ]
+        )
         self.add_class("pgcloud-live-chart")
         self.redraw()
         if autostart and _loop_running():
@@ -181,8 +184,13 @@ class LiveChart(widgets.VBox):
         if self.task is not None and not self.task.done():
             return
         self.task = run_job(
-            poll_job(self._fetch, self._apply, interval=self.effective_interval,
-                     room=self._room, panel=self.errors),
+            poll_job(
+                self._fetch,
+                self._apply,
+                interval=self.effective_interval,
+                room=self._room,
+                panel=self.errors,
+            ),
             self.errors,
         )
         self._set_state("running")
@@ -275,8 +283,9 @@ class LiveChart(widgets.VBox):
             if len(sub):
                 last = sub["timestamp"].max()
                 newest = last if newest is None else max(newest, last)
-            ax.set_title(metric + (" (per second)" if metric in counters else ""),
-                         fontsize=9, loc="left")
+            ax.set_title(
+                metric + (" (per second)" if metric in counters else ""), fontsize=9, loc="left"
+            )
             ax.relim()
             ax.autoscale_view(scalex=False)
         for key in [k for k in self.lines if k not in seen]:
@@ -323,8 +332,9 @@ class LiveChart(widgets.VBox):
     def _png(self) -> bytes:
         # The Agg buffer was just rendered by draw_idle: encode it, do not render again.
         width, height = self.canvas.get_width_height(physical=True)
-        img = Image.frombuffer("RGBA", (width, height), self.canvas.buffer_rgba(), "raw",
-                               "RGBA", 0, 1)
+        img = Image.frombuffer(
+            "RGBA", (width, height), self.canvas.buffer_rgba(), "raw", "RGBA", 0, 1
+        )
         out = io.BytesIO()
         img.save(out, format="png", compress_level=1)
         return out.getvalue()

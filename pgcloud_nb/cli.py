@@ -55,7 +55,7 @@ from typing import Any, NoReturn
 from pgcloud_nb.__about__ import __version__
 from pgcloud_nb.credentials import ResolvedCredentials, resolve
 from pgcloud_nb.errors import ConfigurationError
-from pgcloud_nb.sandbox.server import Sandbox, SandboxInfo
+from pgcloud_nb.sandbox.launcher import Sandbox, SandboxInfo
 from pgcloud_nb.sandbox.settings import Settings, parse_faults, parse_rate_limit
 
 __all__ = ["main"]
@@ -173,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = commands.add_parser("lab", parents=[home], help="JupyterLab on the sandbox")
     lab.add_argument("--no-browser", action="store_true", help="passed on to jupyter lab")
-    lab.add_argument("--sandbox", action="store_true",
-                     help="use the sandbox even when a cloud API key is set")
+    lab.add_argument(
+        "--sandbox", action="store_true", help="use the sandbox even when a cloud API key is set"
+    )
     return parser
 
 

@@ -20,6 +20,8 @@ from pgcloud_nb.prometheus import parse_prometheus
 from pgcloud_nb.ratelimit import Budget
 from pgcloud_nb.sandbox import SandboxInfo
 
+# __MODIMPORTS__
+
 CONNS = "PostgresServer_ActiveConnections"
 COMMITS = "PostgresServer_TransactionsCommitted_Total"
 T0 = pd.Timestamp("2026-09-01", tz="UTC")
@@ -170,25 +172,35 @@ def test_closed_charts_release_their_figure() -> None:
 # -- against the sandbox ------------------------------------------------------------
 
 
-
-
 def test_interval_defaults_and_budget(sandbox: SandboxInfo) -> None:
-    near = pgcloud_nb.connect(api_key=sandbox.key_id, api_secret=sandbox.key_secret,
-                              org_id=sandbox.org_id, base_url=sandbox.url, budget=Budget(10, 10))
+    near = pgcloud_nb.connect(
+        api_key=sandbox.key_id,
+        api_secret=sandbox.key_secret,
+        org_id=sandbox.org_id,
+        base_url=sandbox.url,
+        budget=Budget(10, 10),
+    )
     assert LiveChart(near).interval == SANDBOX_INTERVAL
     # the chart alone takes at most 20% of 10 requests / 10 s: one request per 5 s
     assert LiveChart(near).effective_interval() == pytest.approx(5.0)
-    far = pgcloud_nb.connect(api_key="k", api_secret="s", org_id=str(uuid.uuid4()),
-                             base_url="https://api.clickhouse.cloud", budget=Budget(10, 10))
+    far = pgcloud_nb.connect(
+        api_key="k",
+        api_secret="s",
+        org_id=str(uuid.uuid4()),
+        base_url="https://api.clickhouse.cloud",
+        budget=Budget(10, 10),
+    )
     assert LiveChart(far).interval == DEFAULT_INTERVAL == 60.0
 
 
 @pytest.mark.timeout(180)
 def test_live_chart_on_the_sandbox(pg: Client) -> None:
-    a = pg.wait(pg.create_service(name="chart-a", region="us-east-1", size="r8gd.large").id,
-                progress=False)
-    b = pg.wait(pg.create_service(name="chart-b", region="us-east-1", size="r8gd.large").id,
-                progress=False)
+    a = pg.wait(
+        pg.create_service(name="chart-a", region="us-east-1", size="r8gd.large").id, progress=False
+    )
+    b = pg.wait(
+        pg.create_service(name="chart-b", region="us-east-1", size="r8gd.large").id, progress=False
+    )
     try:
         one = LiveChart(pg, a.id, [CONNS])
         before = pg.request_count

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pgcloud_nb import cli
-from pgcloud_nb.sandbox.server import Sandbox
+from pgcloud_nb.sandbox.launcher import Sandbox
 
 HERE = Path(__file__).parent
 PGCLOUD = [sys.executable, "-m", "pgcloud_nb.cli"]

@@ -40,8 +40,6 @@ from pgcloud_nb.widgets._runtime import ErrorPanel, has_room, paced, run_job
 pytestmark = pytest.mark.timeout(300)
 
 
-
-
 def _running(pg: Client, name: str, **kw: Any) -> PostgresService:
     kw.setdefault("region", "us-east-1")
     svc = pg.create_service(name=name, size="r8gd.large", **kw)
@@ -423,8 +421,16 @@ def test_route_errors_puts_each_error_by_its_field() -> None:
 
     labels = {"tags": ErrorLabel(), "tags[1]": ErrorLabel(), "name": ErrorLabel()}
     fallback = ErrorLabel()
-    route_errors([FieldError("tags[1].key", "bad"), FieldError("tags", "too many"),
-                  FieldError("name", "short"), FieldError("other", "odd")], labels, fallback)
+    route_errors(
+        [
+            FieldError("tags[1].key", "bad"),
+            FieldError("tags", "too many"),
+            FieldError("name", "short"),
+            FieldError("other", "odd"),
+        ],
+        labels,
+        fallback,
+    )
     assert labels["tags[1]"].text == "tags[1].key: bad"
     assert labels["tags"].text == "too many"
     assert labels["name"].text == "short"
@@ -432,10 +438,15 @@ def test_route_errors_puts_each_error_by_its_field() -> None:
 
 
 def test_write_connection_details_without_a_connection_string(tmp_path: Path) -> None:
-    svc = PostgresService.model_validate({
-        "id": str(uuid.uuid4()), "name": "n", "hostname": "h.example", "username": "postgres",
-        "password": "Secret-Pass-1234",
-    })
+    svc = PostgresService.model_validate(
+        {
+            "id": str(uuid.uuid4()),
+            "name": "n",
+            "hostname": "h.example",
+            "username": "postgres",
+            "password": "Secret-Pass-1234",
+        }
+    )
     target = tmp_path / "sub" / "c.env"
     names = write_connection_details(svc, target)
     assert names == ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"]

@@ -14,16 +14,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pgcloud_nb.sandbox.server import Sandbox, SandboxError, SandboxInfo, ensure_running
+    from pgcloud_nb.sandbox.launcher import Sandbox, SandboxError, SandboxInfo, ensure_running
     from pgcloud_nb.sandbox.settings import Settings
 
 __all__ = ["Sandbox", "SandboxError", "SandboxInfo", "Settings", "ensure_running"]
 
 _WHERE = {
-    "Sandbox": "server",
-    "SandboxError": "server",
-    "SandboxInfo": "server",
-    "ensure_running": "server",
+    "Sandbox": "launcher",
+    "SandboxError": "launcher",
+    "SandboxInfo": "launcher",
+    "ensure_running": "launcher",
     "Settings": "settings",
 }
 

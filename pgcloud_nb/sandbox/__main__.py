@@ -4,7 +4,7 @@
 the ``PGCLOUD_SANDBOX_*`` variables and the app factory from
 ``$PGCLOUD_SANDBOX_APP``. Steps:
 
-1. take the home's lock, or exit with :data:`~pgcloud_nb.sandbox.server.EXIT_LOCKED`;
+1. take the home's lock, or exit with :data:`~pgcloud_nb.sandbox.launcher.EXIT_LOCKED`;
 2. bind the socket (port 0 picks a free one) and write ``server.json`` with
    the real url;
 3. serve with uvicorn. SIGTERM or SIGINT shuts down gracefully, and the app's
@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from pgcloud_nb.sandbox.home import SandboxHome
-from pgcloud_nb.sandbox.server import APP_ENV, DEFAULT_APP, EXIT_LOCKED, acquire_lock
+from pgcloud_nb.sandbox.launcher import APP_ENV, DEFAULT_APP, EXIT_LOCKED, acquire_lock
 from pgcloud_nb.sandbox.settings import Settings
 
 log = logging.getLogger("pgcloud_nb.sandbox")

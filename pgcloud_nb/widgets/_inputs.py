@@ -105,8 +105,9 @@ class TagRows(widgets.VBox):
         k = widgets.Text(value=key, placeholder="key", layout=widgets.Layout(width="14em"))
         v = widgets.Text(value=value, placeholder="value", layout=widgets.Layout(width="14em"))
         err = ErrorLabel()
-        remove = widgets.Button(icon="trash", tooltip="remove this tag",
-                                layout=widgets.Layout(width="3em"))
+        remove = widgets.Button(
+            icon="trash", tooltip="remove this tag", layout=widgets.Layout(width="3em")
+        )
         row = widgets.HBox([k, v, remove, err])
         entry = (k, v, err, row)
         remove.on_click(lambda _: self._remove(entry))
@@ -209,8 +210,14 @@ def config_placeholder() -> str:
 
 
 # libpq's environment names, so that `set -a; . file; psql` just works.
-_LIBPQ = {"HOST": "PGHOST", "PORT": "PGPORT", "USER": "PGUSER", "PASSWORD": "PGPASSWORD",
-          "DATABASE": "PGDATABASE", "URL": "DATABASE_URL"}
+_LIBPQ = {
+    "HOST": "PGHOST",
+    "PORT": "PGPORT",
+    "USER": "PGUSER",
+    "PASSWORD": "PGPASSWORD",
+    "DATABASE": "PGDATABASE",
+    "URL": "DATABASE_URL",
+}
 
 
 def _details(service: PostgresService) -> dict[str, str]:

@@ -55,23 +55,35 @@ class ConfigEditor(ServiceWidget):
         self.proposed: dict[str, widgets.Text] = {}
         self.labels: dict[str, ErrorLabel] = {}
         self._current_cells: dict[str, widgets.Label] = {}
-        cells: list[widgets.Widget] = [widgets.HTML(f"<b>{h}</b>") for h in
-                                       ("parameter", "current", "proposed", "")]
+        cells: list[widgets.Widget] = [
+            widgets.HTML(f"<b>{h}</b>") for h in ("parameter", "current", "proposed", "")
+        ]
         for key, schema in pg_config_keys().items():
             self._current_cells[key] = widgets.Label("")
-            self.proposed[key] = widgets.Text(placeholder=str(schema.get("example", "")),
-                                              layout=widgets.Layout(width="12em"))
+            self.proposed[key] = widgets.Text(
+                placeholder=str(schema.get("example", "")), layout=widgets.Layout(width="12em")
+            )
             self.labels[key] = ErrorLabel()
             hint = schema.get("enum") or schema.get("description", "")
-            cells += [widgets.HTML(f"<code title='{html.escape(str(hint))}'>{key}</code>"),
-                      self._current_cells[key], self.proposed[key], self.labels[key]]
-        self.grid = widgets.GridBox(cells, layout=widgets.Layout(
-            grid_template_columns="18em 8em 13em auto", max_height="24em", overflow="auto"))
+            cells += [
+                widgets.HTML(f"<code title='{html.escape(str(hint))}'>{key}</code>"),
+                self._current_cells[key],
+                self.proposed[key],
+                self.labels[key],
+            ]
+        self.grid = widgets.GridBox(
+            cells,
+            layout=widgets.Layout(
+                grid_template_columns="18em 8em 13em auto", max_height="24em", overflow="auto"
+            ),
+        )
         self.dry_run_button = widgets.Button(description="Dry run", icon="eye")
-        self.apply_button = widgets.Button(description="Apply (PATCH)", button_style="primary",
-                                           icon="check")
-        self.restart_button = widgets.Button(description="Restart", button_style="warning",
-                                             icon="refresh", disabled=True)
+        self.apply_button = widgets.Button(
+            description="Apply (PATCH)", button_style="primary", icon="check"
+        )
+        self.restart_button = widgets.Button(
+            description="Restart", button_style="warning", icon="refresh", disabled=True
+        )
         self.diff = widgets.HTML()
         self.message = widgets.HTML()
         self.form_error = ErrorLabel()
@@ -79,10 +91,15 @@ class ConfigEditor(ServiceWidget):
         self.apply_button.on_click(self.guard(lambda _: self.apply()))
         self.restart_button.on_click(self.guard(lambda _: self.restart()))
         self.children = [
-            widgets.HTML("<b>pgConfig</b>"), self.grid,
-            widgets.HBox([self.dry_run_button, self.apply_button, self.restart_button,
-                          self.status]),
-            self.form_error, self.diff, self.message, self.errors,
+            widgets.HTML("<b>pgConfig</b>"),
+            self.grid,
+            widgets.HBox(
+                [self.dry_run_button, self.apply_button, self.restart_button, self.status]
+            ),
+            self.form_error,
+            self.diff,
+            self.message,
+            self.errors,
         ]
         self.add_class("pgcloud-config-editor")
         self._bind()
@@ -120,7 +137,8 @@ class ConfigEditor(ServiceWidget):
         route_errors(errors, self.labels, self.form_error)
         rows = "".join(
             f"<tr><td><code>{k}</code></td><td>{html.escape(self.current.get(k, '(default)'))}"
-            f"</td><td>→</td><td>{html.escape(str(v))}</td></tr>" for k, v in changed.items()
+            f"</td><td>→</td><td>{html.escape(str(v))}</td></tr>"
+            for k, v in changed.items()
         )
         body = {"pgConfig": changed, "pgBouncerConfig": {}}
         self.diff.value = (
@@ -158,8 +176,9 @@ class ConfigEditor(ServiceWidget):
         try:
             self.status.set("restarting…", icon="…")
             yield Call(functools.partial(self.client.restart, service_id))
-            yield from wait_job(self.client, service_id, "running", status=self.status,
-                                timeout=self.timeout)
+            yield from wait_job(
+                self.client, service_id, "running", status=self.status, timeout=self.timeout
+            )
             ok = True
         finally:
             self.restart_button.disabled = ok

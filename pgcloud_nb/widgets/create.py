@@ -50,8 +50,17 @@ __all__ = ["REGION_SUGGESTIONS", "CreateForm"]
 # and public samples first, then other common ones; GCP's are a guess [U]. Free text
 # wins: the field is a combobox, and an unknown region gets the API's own 400.
 REGION_SUGGESTIONS: dict[str, tuple[str, ...]] = {
-    "aws": ("us-east-1", "us-west-2", "eu-west-1", "eu-west-2", "ap-northeast-2",
-            "us-east-2", "eu-central-1", "ap-southeast-1", "ap-south-1"),
+    "aws": (
+        "us-east-1",
+        "us-west-2",
+        "eu-west-1",
+        "eu-west-2",
+        "ap-northeast-2",
+        "us-east-2",
+        "eu-central-1",
+        "ap-southeast-1",
+        "ap-south-1",
+    ),
     "gcp": ("us-central1", "us-east1", "europe-west4", "asia-southeast1"),
 }
 _PREFERRED_FAMILY = {"aws": "r8gd"}  # the docs' own examples use r8gd.large
@@ -106,46 +115,73 @@ class CreateForm(widgets.VBox):
         self.task: asyncio.Task[None] | None = None
 
         style = {"description_width": "8em"}
-        self.name = widgets.Text(description="name", placeholder="my postgres", style=style,
-                                 layout=_WIDE)
-        self.provider = widgets.Dropdown(description="provider", style=style,
-                                         options=enum_values("pgProvider"), value=provider)
-        self.region = widgets.Combobox(description="region", style=style, layout=_WIDE,
-                                       ensure_option=False, placeholder="us-east-1")
+        self.name = widgets.Text(
+            description="name", placeholder="my postgres", style=style, layout=_WIDE
+        )
+        self.provider = widgets.Dropdown(
+            description="provider", style=style, options=enum_values("pgProvider"), value=provider
+        )
+        self.region = widgets.Combobox(
+            description="region",
+            style=style,
+            layout=_WIDE,
+            ensure_option=False,
+            placeholder="us-east-1",
+        )
         self.family = widgets.Dropdown(description="size family", style=style, layout=_WIDE)
         self.size = widgets.Dropdown(description="size", style=style, layout=_WIDE)
-        self.version = widgets.Dropdown(description="postgres", style=style,
-                                        options=enum_values("pgVersion"))
-        self.ha_type = widgets.ToggleButtons(description="HA", style=style,
-                                             options=enum_values("pgHaType"), value="none")
+        self.version = widgets.Dropdown(
+            description="postgres", style=style, options=enum_values("pgVersion")
+        )
+        self.ha_type = widgets.ToggleButtons(
+            description="HA", style=style, options=enum_values("pgHaType"), value="none"
+        )
         self.tags = TagRows()
         self.pg_config = widgets.Textarea(
-            description="pgConfig", style=style, layout=widgets.Layout(width="32em", height="5em"),
+            description="pgConfig",
+            style=style,
+            layout=widgets.Layout(width="32em", height="5em"),
             placeholder=f"optional, key=value per line, e.g.\n{config_placeholder()}",
         )
-        self.submit = widgets.Button(description="Create service", button_style="primary",
-                                     icon="plus", layout=_AUTO)
+        self.submit = widgets.Button(
+            description="Create service", button_style="primary", icon="plus", layout=_AUTO
+        )
         self.status = StatusLine()
         self.errors = ErrorPanel()
 
-        self.labels = {k: ErrorLabel() for k in
-                       ("name", "provider", "region", "size", "postgresVersion", "haType",
-                        "tags", "pgConfig")}
+        self.labels = {
+            k: ErrorLabel()
+            for k in (
+                "name",
+                "provider",
+                "region",
+                "size",
+                "postgresVersion",
+                "haType",
+                "tags",
+                "pgConfig",
+            )
+        }
         self.form_error = ErrorLabel()
 
         # After the create: what to do with the credentials (never shown).
         self.credentials_path = widgets.Text(description="file", style=style, layout=_WIDE)
-        self.write_file = widgets.Button(description="Write to 0600 file", icon="lock",
-                                         layout=_AUTO)
-        self.write_env = widgets.Button(description=f"Add to {os.fspath(env_file)}", icon="file",
-                                        layout=_AUTO)
-        self.open_connection = widgets.Button(description="Open psycopg connection", icon="plug",
-                                              layout=_AUTO)
+        self.write_file = widgets.Button(
+            description="Write to 0600 file", icon="lock", layout=_AUTO
+        )
+        self.write_env = widgets.Button(
+            description=f"Add to {os.fspath(env_file)}", icon="file", layout=_AUTO
+        )
+        self.open_connection = widgets.Button(
+            description="Open psycopg connection", icon="plug", layout=_AUTO
+        )
         self.credentials_status = StatusLine()
         self.after = widgets.VBox(
             [
-                widgets.HTML("<b>Connection details</b> (the API sends the password once; "
-                             "it is kept, masked, and never displayed)"),
+                widgets.HTML(
+                    "<b>Connection details</b> (the API sends the password once; "
+                    "it is kept, masked, and never displayed)"
+                ),
                 widgets.HBox([self.credentials_path, self.write_file]),
                 widgets.HBox([self.write_env, self.open_connection]),
                 self.credentials_status,
@@ -163,23 +199,30 @@ class CreateForm(widgets.VBox):
         self._provider_changed()
 
         lab = self.labels
-        super().__init__([
-            widgets.HTML("<h4 style='margin:0'>New Postgres service</h4>"),
-            beside(self.name, lab["name"]),
-            beside(self.provider, lab["provider"]),
-            beside(self.region, lab["region"]),
-            self.family,
-            beside(self.size, lab["size"]),
-            beside(self.version, lab["postgresVersion"]),
-            beside(self.ha_type, lab["haType"]),
-            widgets.HBox([widgets.Label("tags", layout=widgets.Layout(width="8em")),
-                          self.tags, lab["tags"]]),
-            beside(self.pg_config, lab["pgConfig"]),
-            widgets.HBox([self.submit, self.status]),
-            self.form_error,
-            self.after,
-            self.errors,
-        ])
+        super().__init__(
+            [
+                widgets.HTML("<h4 style='margin:0'>New Postgres service</h4>"),
+                beside(self.name, lab["name"]),
+                beside(self.provider, lab["provider"]),
+                beside(self.region, lab["region"]),
+                self.family,
+                beside(self.size, lab["size"]),
+                beside(self.version, lab["postgresVersion"]),
+                beside(self.ha_type, lab["haType"]),
+                widgets.HBox(
+                    [
+                        widgets.Label("tags", layout=widgets.Layout(width="8em")),
+                        self.tags,
+                        lab["tags"],
+                    ]
+                ),
+                beside(self.pg_config, lab["pgConfig"]),
+                widgets.HBox([self.submit, self.status]),
+                self.form_error,
+                self.after,
+                self.errors,
+            ]
+        )
         self.add_class("pgcloud-create-form")
 
     # -- dependent fields --
@@ -246,9 +289,13 @@ class CreateForm(widgets.VBox):
             self.status.set(f"creating {body['name']!r}…", icon="…")
             call = functools.partial(
                 self.client.create_service,
-                name=body["name"], region=body["region"], size=body["size"],
-                provider=body["provider"], postgres_version=body.get("postgresVersion"),
-                ha_type=body.get("haType"), tags=body.get("tags"),
+                name=body["name"],
+                region=body["region"],
+                size=body["size"],
+                provider=body["provider"],
+                postgres_version=body.get("postgresVersion"),
+                ha_type=body.get("haType"),
+                tags=body.get("tags"),
                 pg_config=body.get("pgConfig"),
             )
             self.service = yield Call(call)

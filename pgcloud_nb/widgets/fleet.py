@@ -53,17 +53,27 @@ class FleetTable(widgets.VBox):
         self.frame: pd.DataFrame = services_frame([])
         self.refreshes = 0
         self.task: asyncio.Task[None] | None = None
-        self.filter = widgets.Text(placeholder="filter: name, region, size, tag…",
-                                   layout=widgets.Layout(width="18em"))
-        self.state = widgets.Dropdown(options=[ALL, *enum_values("pgStateProperty")],
-                                      value=ALL, description="state",
-                                      layout=widgets.Layout(width="14em"))
-        self.sort_by = widgets.Dropdown(options=list(self.frame.columns), value="name",
-                                        description="sort by", layout=widgets.Layout(width="16em"))
-        self.ascending = widgets.Checkbox(value=True, description="ascending", indent=False,
-                                          layout=widgets.Layout(width="7em"))
-        self.refresh_button = widgets.Button(icon="refresh", tooltip="reload now",
-                                             layout=widgets.Layout(width="3em"))
+        self.filter = widgets.Text(
+            placeholder="filter: name, region, size, tag…", layout=widgets.Layout(width="18em")
+        )
+        self.state = widgets.Dropdown(
+            options=[ALL, *enum_values("pgStateProperty")],
+            value=ALL,
+            description="state",
+            layout=widgets.Layout(width="14em"),
+        )
+        self.sort_by = widgets.Dropdown(
+            options=list(self.frame.columns),
+            value="name",
+            description="sort by",
+            layout=widgets.Layout(width="16em"),
+        )
+        self.ascending = widgets.Checkbox(
+            value=True, description="ascending", indent=False, layout=widgets.Layout(width="7em")
+        )
+        self.refresh_button = widgets.Button(
+            icon="refresh", tooltip="reload now", layout=widgets.Layout(width="3em")
+        )
         self.auto = widgets.ToggleButton(value=False, description="auto-refresh", icon="clock-o")
         self.table = widgets.HTML()
         self.status = StatusLine()
@@ -73,11 +83,23 @@ class FleetTable(widgets.VBox):
             w.observe(guard(lambda _: self.render()), "value")
         self.refresh_button.on_click(guard(lambda _: self.refresh()))
         self.auto.observe(guard(lambda ch: self._auto_changed(ch["new"])), "value")
-        super().__init__([
-            widgets.HBox([self.filter, self.state, self.sort_by, self.ascending,
-                          self.refresh_button, self.auto]),
-            self.status, self.table, self.errors,
-        ])
+        super().__init__(
+            [
+                widgets.HBox(
+                    [
+                        self.filter,
+                        self.state,
+                        self.sort_by,
+                        self.ascending,
+                        self.refresh_button,
+                        self.auto,
+                    ]
+                ),
+                self.status,
+                self.table,
+                self.errors,
+            ]
+        )
         self.add_class("pgcloud-fleet-table")
         guard(self.refresh)()
         self.auto.value = auto
@@ -108,14 +130,19 @@ class FleetTable(widgets.VBox):
             hit = text.apply(lambda col: col.str.lower().str.contains(needle, regex=False))
             frame = frame[hit.any(axis=1)]
         if self.sort_by.value in frame.columns:
-            frame = frame.sort_values(self.sort_by.value, ascending=self.ascending.value,
-                                      na_position="last", kind="stable")
+            frame = frame.sort_values(
+                self.sort_by.value,
+                ascending=self.ascending.value,
+                na_position="last",
+                kind="stable",
+            )
         return frame
 
     def render(self) -> None:
         shown = self.view()
-        html = shown.drop(columns=["id"]).to_html(index=False, na_rep="", border=0,
-                                                   classes="pgcloud-fleet", max_rows=500)
+        html = shown.drop(columns=["id"]).to_html(
+            index=False, na_rep="", border=0, classes="pgcloud-fleet", max_rows=500
+        )
         self.table.value = html
         self.status.set(f"{len(shown)} of {len(self.frame)} services · refresh #{self.refreshes}")
 
@@ -136,9 +163,11 @@ class FleetTable(widgets.VBox):
     def _auto_job(self) -> Job[None]:
         yield paced(self.client, self.interval, BUDGET_SHARE)  # refresh() just ran
         yield from poll_job(
-            self.client.list_services, self.show,
+            self.client.list_services,
+            self.show,
             interval=lambda: paced(self.client, self.interval, BUDGET_SHARE),
-            room=lambda: has_room(self.client), panel=self.errors,
+            room=lambda: has_room(self.client),
+            panel=self.errors,
         )
 
     def close(self) -> None:

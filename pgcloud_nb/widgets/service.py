@@ -46,10 +46,12 @@ class ServicePicker(widgets.VBox):
     def __init__(self, client: Client, *, description: str = "service") -> None:
         self.client = client
         self.services: dict[str, PostgresServiceListItem] = {}
-        self.dropdown = widgets.Dropdown(description=description,
-                                         layout=widgets.Layout(width="36em"))
-        self.refresh_button = widgets.Button(icon="refresh", tooltip="reload the list",
-                                             layout=widgets.Layout(width="3em"))
+        self.dropdown = widgets.Dropdown(
+            description=description, layout=widgets.Layout(width="36em")
+        )
+        self.refresh_button = widgets.Button(
+            icon="refresh", tooltip="reload the list", layout=widgets.Layout(width="3em")
+        )
         self.errors = ErrorPanel()
         self.refresh_button.on_click(guarded(self.errors)(lambda _: self.refresh()))
         super().__init__([widgets.HBox([self.dropdown, self.refresh_button]), self.errors])
@@ -73,8 +75,8 @@ class ServicePicker(widgets.VBox):
         self.services = {s.id: s for s in items}
         current = self.dropdown.value
         self.dropdown.options = [(self._label(s), s.id) for s in items]
-        self.dropdown.value = current if current in self.services else (
-            items[0].id if items else None
+        self.dropdown.value = (
+            current if current in self.services else (items[0].id if items else None)
         )
 
     def close(self) -> None:
@@ -158,16 +160,20 @@ class TagEditor(ServiceWidget):
         self.current: dict[str, str | None] = {}
         self.rows = TagRows()
         self.preview_button = widgets.Button(description="Preview diff", icon="eye")
-        self.apply_button = widgets.Button(description="Apply tags", button_style="primary",
-                                           icon="check")
+        self.apply_button = widgets.Button(
+            description="Apply tags", button_style="primary", icon="check"
+        )
         self.diff = widgets.HTML()
         self.form_error = ErrorLabel()
         self.preview_button.on_click(self.guard(lambda _: self.preview()))
         self.apply_button.on_click(self.guard(lambda _: self.apply()))
         self.children = [
-            widgets.HTML("<b>Tags</b>"), self.rows,
+            widgets.HTML("<b>Tags</b>"),
+            self.rows,
             widgets.HBox([self.preview_button, self.apply_button, self.status]),
-            self.form_error, self.diff, self.errors,
+            self.form_error,
+            self.diff,
+            self.errors,
         ]
         self._bind()
 
@@ -186,9 +192,7 @@ class TagEditor(ServiceWidget):
         body = self.patch()
         lines = tags_diff(self.current, self.rows.as_dict())
         shown = "\n".join(lines) or "(no changes)"
-        self.diff.value = (
-            f"<pre class='pgcloud-diff'>{html.escape(shown)}</pre>" + body_block(body)
-        )
+        self.diff.value = f"<pre class='pgcloud-diff'>{html.escape(shown)}</pre>" + body_block(body)
         return lines
 
     def apply(self) -> None:
@@ -199,8 +203,7 @@ class TagEditor(ServiceWidget):
         errors = validate_body("PostgresServicePatchRequest", body)
         keys = [t["key"] for t in body["tags"]]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
-        route_errors(errors, {"tags": self.form_error, **self.rows.error_labels()},
-                     self.form_error)
+        route_errors(errors, {"tags": self.form_error, **self.rows.error_labels()}, self.form_error)
         if errors:
             self.status.set(f"not sent: {len(errors)} problem(s)", icon="⚠")
             return
@@ -233,15 +236,21 @@ class DeleteButton(ServiceWidget):
         self.confirm = widgets.Text(placeholder="type the service name to confirm")
         self.button = widgets.Button(description="Delete", button_style="danger", icon="trash")
         self.button.on_click(self.guard(lambda _: self.delete()))
-        self.children = [self.prompt, widgets.HBox([self.confirm, self.button]), self.status,
-                         self.errors]
+        self.children = [
+            self.prompt,
+            widgets.HBox([self.confirm, self.button]),
+            self.status,
+            self.errors,
+        ]
         self._bind()
 
     def load(self) -> None:
         cached = self.picker.services.get(self.service_id) if self.picker else None
         self.name = cached.name if cached else self.client.get_service(self.service_id).name
-        self.prompt.value = (f"Delete <b>{html.escape(self.name or '')}</b> "
-                             f"(<code>{self.service_id}</code>)? Type its name to confirm.")
+        self.prompt.value = (
+            f"Delete <b>{html.escape(self.name or '')}</b> "
+            f"(<code>{self.service_id}</code>)? Type its name to confirm."
+        )
         self.confirm.value = ""
 
     def delete(self) -> None:
@@ -260,8 +269,9 @@ class DeleteButton(ServiceWidget):
         try:
             self.status.set("deleting…", icon="…")
             yield Call(functools.partial(self.client.delete_service, service_id))
-            yield from wait_job(self.client, service_id, None, status=self.status,
-                                timeout=self.timeout)
+            yield from wait_job(
+                self.client, service_id, None, status=self.status, timeout=self.timeout
+            )
             if self.picker is not None:
                 self.picker.show((yield Call(self.client.list_services)))
         finally:

@@ -118,19 +118,31 @@ def main() -> None:
     def ms(values: list[float], q: float) -> float:
         return statistics.quantiles(values, n=100)[int(q) - 1] * 1000 if q < 100 else 0.0
 
-    print(f"LiveChart: {args.updates} updates, {args.services} services, {len(METRICS)} metrics, "
-          f"{lines} lines, 30-min window of 60 s scrapes")
-    print(f"  update (add + redraw): median {statistics.median(update_times) * 1000:.1f} ms, "
-          f"p95 {ms(update_times, 95):.1f} ms")
-    print(f"  CPU time per update:   mean {cpu_per_update * 1000:.1f} ms "
-          "(wall times above include waiting for a busy machine's CPU)")
-    print(f"  redraw alone:          median {statistics.median(redraw_times) * 1000:.1f} ms, "
-          f"p95 {ms(redraw_times, 95):.1f} ms")
+    print(
+        f"LiveChart: {args.updates} updates, {args.services} services, {len(METRICS)} metrics, "
+        f"{lines} lines, 30-min window of 60 s scrapes"
+    )
+    print(
+        f"  update (add + redraw): median {statistics.median(update_times) * 1000:.1f} ms, "
+        f"p95 {ms(update_times, 95):.1f} ms"
+    )
+    print(
+        f"  CPU time per update:   mean {cpu_per_update * 1000:.1f} ms "
+        "(wall times above include waiting for a busy machine's CPU)"
+    )
+    print(
+        f"  redraw alone:          median {statistics.median(redraw_times) * 1000:.1f} ms, "
+        f"p95 {ms(redraw_times, 95):.1f} ms"
+    )
     heap = f"heap {heap1 - heap0:+.2f} MiB, " if args.tracemalloc else ""
-    print(f"  memory growth, updates {WARMUP}–{args.updates}: {heap}RSS {rss1 - rss0:+.2f} MiB, "
-          f"{objects1 - objects0:+d} Python objects (aim: ≤ 5 MB)")
-    print(f"  figures open while charting: {open_figures} (pyplot: {pyplot_figures}); "
-          f"after close(): {after_close} (aim: 1, then 0)")
+    print(
+        f"  memory growth, updates {WARMUP}–{args.updates}: {heap}RSS {rss1 - rss0:+.2f} MiB, "
+        f"{objects1 - objects0:+d} Python objects (aim: ≤ 5 MB)"
+    )
+    print(
+        f"  figures open while charting: {open_figures} (pyplot: {pyplot_figures}); "
+        f"after close(): {after_close} (aim: 1, then 0)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings, procfs
+from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
+from pgcloud_nb.sandbox.telemetry import procfs
 
 POLL = 0.05
 AIM_CREATE = 3.0

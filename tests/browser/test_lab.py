@@ -53,8 +53,12 @@ def test_widgets_render_create_and_chart_in_jupyterlab(
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
     page.wait_for_selector(".pgcloud-live-chart", timeout=90_000)
-    until(page, "every cell to finish", lambda: page.locator(".jp-InputPrompt", has_text="[*]")
-           .count() == 0 and kernel_idle(page), 90)
+    until(
+        page,
+        "every cell to finish",
+        lambda: page.locator(".jp-InputPrompt", has_text="[*]").count() == 0 and kernel_idle(page),
+        90,
+    )
 
     for cls in ("pgcloud-create-form", "pgcloud-fleet-table", "pgcloud-live-chart"):
         assert page.locator(f".{cls}").count() == 1, f"{cls} did not render"
@@ -84,7 +88,7 @@ def test_widgets_render_create_and_chart_in_jupyterlab(
     until(page, "two more chart redraws", lambda: _redraws(page) >= start_redraws + 2, 90)
     page.locator(".pgcloud-live-chart").screenshot(path=str(artifacts / "lab-03-chart.png"))
     assert "Error displaying widget" not in page.content()
-    assert page.locator(".pgcloud-errors .pgcloud-error").count() == 0, (
-        page.locator(".pgcloud-errors").all_inner_texts()
-    )
+    assert page.locator(".pgcloud-errors .pgcloud-error").count() == 0, page.locator(
+        ".pgcloud-errors"
+    ).all_inner_texts()
     pg.delete_service(found[0].id)

@@ -22,6 +22,8 @@ import pytest
 
 from pgcloud_nb.sandbox import Sandbox
 
+#__MODIMPORTS__
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 

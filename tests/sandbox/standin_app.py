@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from pgcloud_nb.sandbox.faults import FaultMiddleware
+from pgcloud_nb.sandbox.api.realism import FaultMiddleware
 from pgcloud_nb.sandbox.home import SandboxHome
 from pgcloud_nb.sandbox.settings import Settings
 

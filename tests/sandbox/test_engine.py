@@ -19,15 +19,18 @@ import psycopg
 import pytest
 from cryptography import x509
 
-from pgcloud_nb.sandbox import certs, engine, pgbin
-from pgcloud_nb.sandbox.engine import Cluster, ConfigValueError, EngineError
+from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError
+from pgcloud_nb.sandbox.postgres import binaries, certs
+from pgcloud_nb.sandbox.postgres.cluster import Cluster, free_port, stop_all
+from pgcloud_nb.sandbox.postgres.conffiles import USER_CONF
+from pgcloud_nb.sandbox.postgres.osuser import _traversable, pg_user, usable_clusters_dir
 
 Make = Callable[..., Cluster]
 HOST = "svc-1234abcd.pgtest.c0.us-east-1.aws.pg.clickhouse.cloud"
 
 try:
-    pgbin.find_bindir()
-except pgbin.PgBinariesNotFound as e:  # pragma: no cover - machines without PostgreSQL
+    binaries.find_bindir()
+except binaries.PgBinariesNotFound as e:  # pragma: no cover - machines without PostgreSQL
     pytest.skip(f"no PostgreSQL: {e}", allow_module_level=True)
 
 
@@ -38,10 +41,10 @@ def new_password() -> str:
 @pytest.fixture(scope="module")
 def clusters_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     wanted = tmp_path_factory.mktemp("engine") / "clusters"
-    made = engine.usable_clusters_dir(wanted)
+    made = usable_clusters_dir(wanted)
     real = made.resolve()
     yield made
-    engine.stop_all(made, mode="immediate")
+    stop_all(made, mode="immediate")
     shutil.rmtree(real, ignore_errors=True)
     template = (wanted.parent / "templates").resolve()
     shutil.rmtree(template, ignore_errors=True)
@@ -53,10 +56,13 @@ def make(clusters_dir: Path) -> Iterator[Make]:
     made: list[Cluster] = []
 
     def _make(password: str = "", *, start: bool = True) -> Cluster:
-        c = Cluster(clusters_dir / f"c{len(made)}-{secrets.token_hex(4)}", engine.free_port())
+        c = Cluster(clusters_dir / f"c{len(made)}-{secrets.token_hex(4)}", free_port())
         made.append(c)
-        c.init(password or new_password(), hostnames=[HOST],
-               template_dir=clusters_dir.parent / "templates")
+        c.init(
+            password or new_password(),
+            hostnames=[HOST],
+            template_dir=clusters_dir.parent / "templates",
+        )
         if start:
             c.start()
         return c
@@ -69,8 +75,10 @@ def make(clusters_dir: Path) -> Iterator[Make]:
 def url(c: Cluster, password: str, **params: str) -> str:
     """The connection string the API hands out, plus extra libpq parameters."""
     extra = "".join(f"&{k}={v}" for k, v in params.items())
-    return (f"postgres://postgres:{password}@{HOST}:{c.port}/postgres"
-            f"?hostaddr=127.0.0.1&channel_binding=require{extra}")
+    return (
+        f"postgres://postgres:{password}@{HOST}:{c.port}/postgres"
+        f"?hostaddr=127.0.0.1&channel_binding=require{extra}"
+    )
 
 
 def tls_version(conninfo: str) -> str:
@@ -92,7 +100,9 @@ def test_connect_over_tls_with_password(make: Make, tmp_path: Path) -> None:
     assert tls_version(url(c, pw, sslmode="verify-full", sslrootcert=str(ca))) == "TLSv1.3"
     psql = subprocess.run(
         ["psql", url(c, pw), "-Atc", "SELECT current_user"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert psql.stdout.strip() == "postgres", psql.stderr
     # Refused: a wrong password, a connection without TLS, TLS below 1.3, a name not in the SAN.
@@ -145,12 +155,12 @@ def test_refused_config_keeps_the_previous_settings(
 ) -> None:
     c = make()
     c.apply_config({"work_mem": "8MB"})
-    before = (c.pgdata / engine.USER_CONF).read_text()
+    before = (c.pgdata / USER_CONF).read_text()
     with pytest.raises(ConfigValueError) as caught:
         c.apply_config({"work_mem": "16MB", **settings})
     assert caught.value.param == param
     assert words in caught.value.pg_message
-    assert (c.pgdata / engine.USER_CONF).read_text() == before
+    assert (c.pgdata / USER_CONF).read_text() == before
     with c.connect() as conn:
         assert conn.execute("SHOW work_mem").fetchone() == ("8MB",)
     c.restart()  # the server still starts: the refused file never stayed
@@ -199,7 +209,7 @@ def test_restart_changes_start_time(make: Make) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another user")
 def test_runs_as_the_unprivileged_user(make: Make) -> None:
     c = make()
-    uid = engine.pg_user().pw_uid
+    uid = pg_user().pw_uid
     assert uid != 0
     pid = c.postmaster_pid()
     assert pid is not None
@@ -211,11 +221,11 @@ def test_runs_as_the_unprivileged_user(make: Make) -> None:
 
 def test_usable_clusters_dir_is_reachable(tmp_path: Path) -> None:
     wanted = tmp_path / "deep" / "clusters"
-    got = engine.usable_clusters_dir(wanted)
+    got = usable_clusters_dir(wanted)
     try:
         assert got == wanted and wanted.is_dir()
-        assert engine._traversable(wanted.resolve(), engine.pg_user())
-        assert engine.usable_clusters_dir(wanted) == wanted  # idempotent
+        assert _traversable(wanted.resolve(), pg_user())
+        assert usable_clusters_dir(wanted) == wanted  # idempotent
     finally:
         if wanted.is_symlink():
             shutil.rmtree(wanted.resolve())
@@ -256,7 +266,7 @@ def test_start_after_kill_9(make: Make) -> None:
 
 def test_failed_start_shows_the_server_log(make: Make) -> None:
     c = make(start=False)
-    (c.pgdata / engine.USER_CONF).write_text("shared_buffers = 'plenty'\n")
+    (c.pgdata / USER_CONF).write_text("shared_buffers = 'plenty'\n")
     with pytest.raises(EngineError, match=r'invalid value for parameter "shared_buffers"'):
         c.start(timeout=10)
     assert not c.is_running()
@@ -271,24 +281,24 @@ def test_remove_deletes_every_file(make: Make) -> None:
 
 def test_stop_all(make: Make, clusters_dir: Path) -> None:
     a, b = make(), make()
-    stopped = engine.stop_all(clusters_dir)
+    stopped = stop_all(clusters_dir)
     assert stopped >= 2
     assert not a.is_running() and not b.is_running()
-    assert engine.stop_all(clusters_dir) == 0
+    assert stop_all(clusters_dir) == 0
 
 
 def test_find_bindir_names_what_was_tried(monkeypatch: pytest.MonkeyPatch) -> None:
-    bindir = pgbin.find_bindir()
-    assert pgbin.server_major(bindir) >= 13
-    monkeypatch.setenv(pgbin.ENV_BINDIR, str(bindir))
-    assert pgbin.find_bindir() == bindir.resolve()
-    monkeypatch.setenv(pgbin.ENV_BINDIR, "/nonexistent/bin")
-    with pytest.raises(pgbin.PgBinariesNotFound, match="PGCLOUD_SANDBOX_PG_BINDIR"):
-        pgbin.find_bindir()
+    bindir = binaries.find_bindir()
+    assert binaries.server_major(bindir) >= 13
+    monkeypatch.setenv(binaries.ENV_BINDIR, str(bindir))
+    assert binaries.find_bindir() == bindir.resolve()
+    monkeypatch.setenv(binaries.ENV_BINDIR, "/nonexistent/bin")
+    with pytest.raises(binaries.PgBinariesNotFound, match="PGCLOUD_SANDBOX_PG_BINDIR"):
+        binaries.find_bindir()
 
 
 def test_free_port_is_never_5432() -> None:
-    assert all(engine.free_port() != 5432 for _ in range(20))
+    assert all(free_port() != 5432 for _ in range(20))
 
 
 def test_certs_cover_extra_names() -> None:
@@ -298,5 +308,7 @@ def test_certs_cover_extra_names() -> None:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["a.example", "b.example", "localhost"]
     assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == [
-        "10.0.0.1", "127.0.0.1", "::1",
+        "10.0.0.1",
+        "127.0.0.1",
+        "::1",
     ]

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from pgcloud_nb.sandbox.faults import (
+from pgcloud_nb.sandbox.api.realism import (
     PROBE_HEADER,
     FaultMiddleware,
     FaultStats,

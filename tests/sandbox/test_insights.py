@@ -19,7 +19,9 @@ from test_api import CREATE, error, result, wait_state
 
 from pgcloud_nb import spec
 from pgcloud_nb.sandbox import SandboxInfo
-from pgcloud_nb.sandbox.insights import SORT_KEYS
+
+# __MODIMPORTS__
+from pgcloud_nb.sandbox.api.insights import SORT_KEYS
 
 TAG = uuid.uuid4().hex[:8]
 TABLE = f"t_insights_{TAG}"

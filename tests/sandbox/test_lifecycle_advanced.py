@@ -19,8 +19,11 @@ import pytest
 from test_api import CREATE, error, org_client, result, wait_gone, wait_state
 
 from pgcloud_nb.sandbox import Sandbox, Settings
-from pgcloud_nb.sandbox.backups import Archive
-from pgcloud_nb.sandbox.engine import Cluster, free_port, usable_clusters_dir
+from pgcloud_nb.sandbox.postgres.cluster import Cluster, free_port
+from pgcloud_nb.sandbox.postgres.osuser import usable_clusters_dir
+
+# __MODIMPORTS__
+from pgcloud_nb.sandbox.services.backups import Archive
 
 pytestmark = pytest.mark.slow
 

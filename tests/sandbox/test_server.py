@@ -25,8 +25,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pgcloud_nb.sandbox import server as server_mod
-from pgcloud_nb.sandbox.server import EXIT_LOCKED, Sandbox, SandboxError, SandboxInfo
+from pgcloud_nb.sandbox.launcher import (
+    EXIT_LOCKED,
+    LOCK_WAIT,
+    Sandbox,
+    SandboxError,
+    SandboxInfo,
+    _pid_alive,
+)
 from pgcloud_nb.sandbox.settings import Settings
 
 HERE = Path(__file__).parent
@@ -56,7 +62,7 @@ def started(standin: None, tmp_path: Path) -> Iterator[StartFn]:
 
 
 def alive(pid: int) -> bool:
-    return server_mod._pid_alive(pid)
+    return _pid_alive(pid)
 
 
 def get_orgs(info: SandboxInfo) -> httpx.Response:
@@ -146,9 +152,9 @@ def test_stop_after_kill_9_still_stops_clusters(
         calls.append(clusters_dir)
         return 2
 
-    fake = types.ModuleType("pgcloud_nb.sandbox.engine")
+    fake = types.ModuleType("pgcloud_nb.sandbox.postgres.cluster")
     fake.stop_all = stop_all  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pgcloud_nb.sandbox.engine", fake)
+    monkeypatch.setitem(sys.modules, "pgcloud_nb.sandbox.postgres.cluster", fake)
     import pgcloud_nb.sandbox as pkg
 
     monkeypatch.setattr(pkg, "engine", fake, raising=False)
@@ -248,7 +254,7 @@ def test_concurrent_starts_share_one_server(standin: None, tmp_path: Path) -> No
     finally:
         Sandbox(settings=settings).stop(timeout=5)
     # The losers' servers, still waiting for the lock, were stopped: none takes over.
-    time.sleep(server_mod.LOCK_WAIT + 0.5)
+    time.sleep(LOCK_WAIT + 0.5)
     assert _servers_in(settings.home) == []
 
 
@@ -281,7 +287,7 @@ def test_import_is_lazy() -> None:
 # --- the real app ----------------------------------------------------------------------
 
 needs_engine = pytest.mark.skipif(
-    importlib.util.find_spec("pgcloud_nb.sandbox.engine") is None,
+    importlib.util.find_spec("pgcloud_nb.sandbox.postgres.cluster") is None,
     reason="the engine (pgcloud_nb/sandbox/engine.py) has not landed yet",
 )
 

@@ -22,17 +22,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgcloud_nb.sandbox import telemetry
-from pgcloud_nb.sandbox.telemetry import (
-    FAMILIES,
-    ProcessCounters,
-    Sample,
-    ServiceLabels,
-    collect,
-    metrics_json,
-    plan_buckets,
-    render_prometheus,
-)
+from pgcloud_nb.sandbox.telemetry.exposition import FAMILIES, ServiceLabels, render_prometheus
+from pgcloud_nb.sandbox.telemetry.samples import Sample
+from pgcloud_nb.sandbox.telemetry.sampling import ProcessCounters, collect
+from pgcloud_nb.sandbox.telemetry.timeseries import MAX_POINTS, metrics_json, plan_buckets
 from pgcloud_nb.sizes import SizeSpec
 
 BINDIR = Path("/usr/lib/postgresql/15/bin")
@@ -385,7 +378,7 @@ def test_metrics_json_gaps_resets_and_rare_states() -> None:
 
 def test_plan_buckets() -> None:
     day = 86_400.0
-    assert telemetry.MAX_POINTS == 250
+    assert MAX_POINTS == 250
     assert plan_buckets(0, 3600, None) == 60
     assert plan_buckets(0, day, None) == 600  # 144 points
     assert math.ceil(30 * day / plan_buckets(0, 30 * day, None)) <= 250

@@ -21,7 +21,7 @@ Each HTTP request goes through these steps, in this order:
      tested for not blindly resending a create.
 
 Requests carrying the ``X-PgCloud-Sandbox-Probe`` header (the liveness checks
-of :mod:`pgcloud_nb.sandbox.server`) skip all three. Otherwise starting the
+of :mod:`pgcloud_nb.sandbox.launcher`) skip all three. Otherwise starting the
 sandbox would use up the user's budget, fail on an injected 503, and shift the
 seeded fault sequence.
 
@@ -57,7 +57,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-log = logging.getLogger("pgcloud_nb.sandbox.faults")
+log = logging.getLogger("pgcloud_nb.sandbox.api.realism")
 
 PROBE_HEADER = "X-PgCloud-Sandbox-Probe"
 _PROBE = PROBE_HEADER.lower().encode()

@@ -12,8 +12,8 @@ HA standbys too), restores and replicas cut short are redone, and a delete cut
 short is finished.
 
 The advanced operations live beside this module and share its locks and
-tasks: backups (:mod:`schedule`), HA standbys and switchover (:mod:`standbys`),
-point-in-time restores, read replicas and promotion (:mod:`restores`).
+tasks: backups (:mod:`services.schedule`), HA standbys and switchover (:mod:`services.standbys`),
+point-in-time restores, read replicas and promotion (:mod:`services.restores`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,13 @@ from typing import Any, TypeVar
 
 from anyio import to_thread
 
-from pgcloud_nb.sandbox import engine, telemetry
-from pgcloud_nb.sandbox.nodes import Layout
+from pgcloud_nb.sandbox.postgres.cluster import Cluster, free_port, stop_all
+from pgcloud_nb.sandbox.postgres.osuser import usable_clusters_dir
+from pgcloud_nb.sandbox.services.nodes import Layout
 from pgcloud_nb.sandbox.settings import Settings
 from pgcloud_nb.sandbox.store import ServiceRow, Store
+from pgcloud_nb.sandbox.telemetry import sampling
+from pgcloud_nb.sandbox.telemetry.samples import Sample
 from pgcloud_nb.sizes import size_spec
 
 __all__ = ["Conflict", "Lifecycle", "generate_password"]
@@ -103,16 +106,16 @@ class Lifecycle:
         self.settings = settings
         self.store = store
         self.org_id = org_id
-        self.clusters_dir = engine.usable_clusters_dir(clusters_dir)
+        self.clusters_dir = usable_clusters_dir(clusters_dir)
         self.template_dir = self.clusters_dir / ".template"
         self._tasks: set[asyncio.Task[Any]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._counters: dict[str, telemetry.ProcessCounters] = {}
+        self._counters: dict[str, sampling.ProcessCounters] = {}
         self.layout = Layout(self.clusters_dir)
         # Imported here: they type-check against this class.
-        from pgcloud_nb.sandbox.restores import Restores
-        from pgcloud_nb.sandbox.schedule import BackupSchedule
-        from pgcloud_nb.sandbox.standbys import Standbys
+        from pgcloud_nb.sandbox.services.restores import Restores
+        from pgcloud_nb.sandbox.services.schedule import BackupSchedule
+        from pgcloud_nb.sandbox.services.standbys import Standbys
 
         self.backups = BackupSchedule(self)
         self.ha = Standbys(self)
@@ -120,7 +123,7 @@ class Lifecycle:
 
     # -- plumbing ---------------------------------------------------------
 
-    def cluster(self, row: ServiceRow) -> engine.Cluster:
+    def cluster(self, row: ServiceRow) -> Cluster:
         """The server answering on the service's port (its primary node)."""
         return self.layout.primary(row)
 
@@ -150,7 +153,7 @@ class Lifecycle:
     def free_port(self) -> int:
         used = self.store.used_ports()
         for _ in range(50):
-            port = engine.free_port()
+            port = free_port()
             if port not in used:
                 return port
         raise RuntimeError("no free TCP port for a new service")
@@ -209,7 +212,7 @@ class Lifecycle:
         self.spawn(self.backups.take(service_id), f"first backup {service_id}")
         self.spawn(self.ha.reconcile(service_id), f"standbys {service_id}")
 
-    def _build(self, cluster: engine.Cluster, row: ServiceRow) -> None:
+    def _build(self, cluster: Cluster, row: ServiceRow) -> None:
         if cluster.root.exists():  # a create cut short: start again from nothing
             cluster.remove()
         assert row.pending_password is not None
@@ -362,21 +365,21 @@ class Lifecycle:
 
     # -- telemetry --------------------------------------------------------
 
-    def counters(self, row: ServiceRow) -> telemetry.ProcessCounters:
+    def counters(self, row: ServiceRow) -> sampling.ProcessCounters:
         acc = self._counters.get(row.id)
         if acc is None:
-            acc = telemetry.ProcessCounters.from_dict(row.counters or {})
+            acc = sampling.ProcessCounters.from_dict(row.counters or {})
             self._counters[row.id] = acc
         return acc
 
-    def _collect(self, row: ServiceRow) -> telemetry.Sample | None:
+    def _collect(self, row: ServiceRow) -> Sample | None:
         cluster = self.cluster(row)
         pid = cluster.postmaster_pid()
         spec = size_spec(row.size)
         if pid is None or spec is None:
             return None
         with cluster.connect() as conn:
-            return telemetry.collect(conn, pid, cluster.pgdata, spec, self.counters(row))
+            return sampling.collect(conn, pid, cluster.pgdata, spec, self.counters(row))
 
     async def sample(self, row: ServiceRow) -> dict[str, Any] | None:
         """Take one sample of a running service and store it."""
@@ -456,7 +459,7 @@ class Lifecycle:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.run(engine.stop_all, self.clusters_dir)
+        await self.run(stop_all, self.clusters_dir)
 
     def purge_template(self) -> None:
         shutil.rmtree(self.template_dir, ignore_errors=True)

@@ -1,9 +1,9 @@
 """The engine's exceptions, in a module of their own.
 
-:mod:`engine` (the :class:`~pgcloud_nb.sandbox.engine.Cluster`) and the helpers
-below it (:mod:`pguser`, :mod:`pgconf`) all raise them, so they sit beneath
+:mod:`postgres.cluster` (the :class:`~pgcloud_nb.sandbox.postgres.cluster.Cluster`) and the helpers
+below it (:mod:`postgres.osuser`, :mod:`postgres.conffiles`) all raise them, so they sit beneath
 every one of those modules and none imports another just for an exception.
-:mod:`engine` re-exports both, which is where the rest of the sandbox gets them.
+:mod:`postgres.cluster` re-exports both, which is where the rest of the sandbox gets them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :data:`FAMILIES` lists the 22 metric families in data-sheet order with their
 type and HELP text; :func:`render_prometheus` writes every service's series
 under them, labelled from the store (:class:`ServiceLabels`). How each value is
-measured is told in :mod:`telemetry`, which re-exports this module's names.
+measured is told in :mod:`telemetry.sampling`, which re-exports this module's names.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .samples import INFO, PS, Sample
+from pgcloud_nb.sandbox.telemetry.samples import INFO, PS, Sample
 
 __all__ = ["FAMILIES", "ServiceLabels", "render_prometheus"]
 

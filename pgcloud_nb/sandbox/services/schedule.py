@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pgcloud_nb.sandbox.lifecycle import Lifecycle
+    from pgcloud_nb.sandbox.services.lifecycle import Lifecycle
 
 __all__ = ["BackupSchedule"]
 

@@ -5,7 +5,7 @@ Passwords reach the server only as SCRAM verifiers computed client-side
 statement logging and pg_stat_statements' utility tracking off, so the clear
 password is in no log or statistics view (and the verifier in none either).
 
-Split out of :mod:`engine`, which re-exports :func:`scram_verifier`.
+Split out of :mod:`postgres.cluster`, which re-exports :func:`scram_verifier`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import pq, sql
 
-from .datadir import SUPERUSER
+from pgcloud_nb.sandbox.postgres.datadir import SUPERUSER
 
 __all__ = ["alter_password", "scram_verifier"]
 

@@ -117,7 +117,10 @@ def server_major(bindir: Path) -> int:
     try:
         out = subprocess.run(
             [str(bindir / "postgres"), "--version"],
-            capture_output=True, text=True, check=True, timeout=10,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise PgBinariesNotFound(f"{bindir}/postgres --version failed: {e}") from e

@@ -1,9 +1,9 @@
 """One measurement of one server, as the collector writes it and the renderers read it.
 
 A :class:`Sample` is a list of points (metric name, extra labels, value) taken
-at one moment. :mod:`telemetry` makes them (``collect``), the store keeps them
-(``to_dict``/``from_dict``), and both renderers read them: :mod:`exposition`
-(Prometheus text) and :mod:`timeseries` (the bucketed ``/metrics`` JSON). It
+at one moment. :mod:`telemetry.sampling` makes them (``collect``), the store keeps them
+(``to_dict``/``from_dict``), and both renderers read them: :mod:`telemetry.exposition`
+(Prometheus text) and :mod:`telemetry.timeseries` (the bucketed ``/metrics`` JSON). It
 sits beneath all three so none of them imports another for it.
 """
 

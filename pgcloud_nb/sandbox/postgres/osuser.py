@@ -13,7 +13,7 @@ Why it looks like this:
   from its ``postmaster.pid``: :func:`postmaster_pid` checks that the pid is
   alive (:func:`proc_alive`: a zombie is not) and really is that folder's postmaster.
 
-Split out of :mod:`engine` (which re-exports :func:`pg_user` and
+Split out of :mod:`postgres.cluster` (which re-exports :func:`pg_user` and
 :func:`usable_clusters_dir`) so that module holds the cluster itself.
 """
 
@@ -27,7 +27,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .pgerrors import EngineError
+from pgcloud_nb.sandbox.errors import EngineError
 
 __all__ = [
     "ENV_PG_USER",
@@ -149,8 +149,14 @@ def run_pg(args: list[Any], *, what: str, input: str | None = None) -> str:
     """Run a PostgreSQL program as the PostgreSQL user; EngineError with its output on failure."""
     try:
         done = subprocess.run(
-            [str(a) for a in args], input=input, capture_output=True, text=True, timeout=120,
-            cwd="/", env=pg_env(), **as_pg_user(),
+            [str(a) for a in args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
+            env=pg_env(),
+            **as_pg_user(),
         )
     except (OSError, subprocess.SubprocessError) as e:
         raise EngineError(f"{what} failed: {e}") from e

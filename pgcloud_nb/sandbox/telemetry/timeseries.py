@@ -3,7 +3,7 @@
 :func:`plan_buckets` checks (or derives) the bucket size of a window against the
 :data:`MAX_POINTS` cap; :func:`metrics_json` turns the stored samples into the
 result's metrics and series. Gauges are averaged per bucket; counters become
-rates (or per-bucket increases) over consecutive samples. :mod:`telemetry`
+rates (or per-bucket increases) over consecutive samples. :mod:`telemetry.sampling`
 re-exports this module's names.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .samples import PS, Sample
+from pgcloud_nb.sandbox.telemetry.samples import PS, Sample
 
 __all__ = ["MAX_POINTS", "metrics_json", "plan_buckets"]
 

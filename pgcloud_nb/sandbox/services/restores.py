@@ -39,15 +39,21 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from .backups import Archive, BaseBackup
-from .datadir import copy
-from .engine import Cluster, ConfigValueError, EngineError
-from .nodes import REPLICATION
-from .replication import in_recovery, promote, restore_settings, wait_caught_up
-from .store import ServiceRow
+from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError
+from pgcloud_nb.sandbox.postgres.cluster import Cluster
+from pgcloud_nb.sandbox.postgres.datadir import copy
+from pgcloud_nb.sandbox.postgres.replication import (
+    in_recovery,
+    promote,
+    restore_settings,
+    wait_caught_up,
+)
+from pgcloud_nb.sandbox.services.backups import Archive, BaseBackup
+from pgcloud_nb.sandbox.services.nodes import REPLICATION
+from pgcloud_nb.sandbox.store import ServiceRow
 
 if TYPE_CHECKING:
-    from .lifecycle import Lifecycle
+    from pgcloud_nb.sandbox.services.lifecycle import Lifecycle
 
 __all__ = ["RESTORING", "RequestRefused", "Restores"]
 
@@ -75,7 +81,9 @@ class Restores:
     # -- the requests
 
     def _new_row(self, source: ServiceRow, body: dict[str, Any], **kw: Any) -> ServiceRow:
-        from .lifecycle import make_hostname  # the lifecycle imports this module
+        from pgcloud_nb.sandbox.services.lifecycle import (
+            make_hostname,  # the lifecycle imports this module
+        )
 
         service_id = str(uuid.uuid4())
         row = ServiceRow(

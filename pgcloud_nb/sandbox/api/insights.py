@@ -5,14 +5,15 @@ Sources (API-NOTES §5.11, §5.12):
 - **Patterns** are pg_stat_statements' statements, one per (queryid, database,
   user), with the normalized text it keeps (literals are ``$n``). It has no
   time dimension, so the sandbox reads it every ``sample_interval`` and at each
-  request (:class:`~pgcloud_nb.sandbox.pgstatements.Snapshots`); a window's
+  request (:class:`~pgcloud_nb.sandbox.insights.statements.Snapshots`); a window's
   figures are what accrued between the snapshots at its ends, and a pattern is
   listed when it ran (or failed) in the window. Counters from before the
   sandbox's first snapshot count in the first window that reaches it; a
   statement evicted from pg_stat_statements is no longer listed.
-- **Executions** are the server's JSON log (:mod:`pglog`, :mod:`pgexecutions`): ``auto_explain``
-  writes every execution slower than ``auto_explain.log_min_duration``
-  (100 ms, see :mod:`pgconf`) with its plan's buffers, WAL, JIT and workers,
+- **Executions** are the server's JSON log (:mod:`insights.logs`,
+  :mod:`insights.executions`): ``auto_explain`` writes every execution slower
+  than ``auto_explain.log_min_duration``
+  (100 ms, see :mod:`postgres.conffiles`) with its plan's buffers, WAL, JIT and workers,
   and the log line carries pid, user, database, ``application_name`` and
   ``query_id``. Failed executions are the log's ERROR/FATAL/PANIC lines with a
   ``query_id`` (errors before parse analysis have none and are not counted).
@@ -26,7 +27,7 @@ Sources (API-NOTES §5.11, §5.12):
   otherwise the logged ones are the slowest, exactly, and a quantile among the
   rest is estimated from their mean and deviation (derived from
   pg_stat_statements' sums), capped by the log threshold. See
-  :func:`~pgcloud_nb.sandbox.pgstatements.duration_quantiles`.
+  :func:`~pgcloud_nb.sandbox.insights.statements.duration_quantiles`.
 - **CPU time** is execution time minus I/O wait (``track_io_timing``), an
   estimate: PostgreSQL does not measure CPU time per statement, nor does it
   split user and system time (``cpuSysTimeUs`` is 0).
@@ -34,7 +35,7 @@ Sources (API-NOTES §5.11, §5.12):
   (not its DETAIL, or the STATEMENT text, which may hold literals).
 
 The sandbox's own password changes never reach these: they run with
-pg_stat_statements' utility tracking and statement logging off (:mod:`pgpassword`).
+pg_stat_statements' utility tracking and statement logging off (:mod:`postgres.passwords`).
 """
 
 from __future__ import annotations
@@ -48,11 +49,10 @@ from typing import Any
 import psycopg
 from starlette.requests import Request
 
-from pgcloud_nb.sandbox.http import APIError, bad_request, parse_date, parse_int
-from pgcloud_nb.sandbox.lifecycle import Conflict, Lifecycle
-from pgcloud_nb.sandbox.pgexecutions import Activity, activity_by_key, execution, us
-from pgcloud_nb.sandbox.pglog import SEVERITIES, LogIndex, LogQuery
-from pgcloud_nb.sandbox.pgstatements import (
+from pgcloud_nb.sandbox.api.wire import APIError, bad_request, parse_date, parse_int
+from pgcloud_nb.sandbox.insights.executions import Activity, activity_by_key, execution, us
+from pgcloud_nb.sandbox.insights.logs import SEVERITIES, LogIndex, LogQuery
+from pgcloud_nb.sandbox.insights.statements import (
     OPERATIONS,
     Counters,
     Key,
@@ -62,6 +62,7 @@ from pgcloud_nb.sandbox.pgstatements import (
     duration_quantiles,
     read_statements,
 )
+from pgcloud_nb.sandbox.services.lifecycle import Conflict, Lifecycle
 from pgcloud_nb.sandbox.store import ServiceRow
 
 __all__ = ["SORT_KEYS", "Insights"]

@@ -33,19 +33,20 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .engine import Cluster, EngineError
-from .nodes import HA_STANDBYS, label
-from .replication import (
+from pgcloud_nb.sandbox.errors import EngineError
+from pgcloud_nb.sandbox.postgres.cluster import Cluster
+from pgcloud_nb.sandbox.postgres.replication import (
     base_backup,
     promote,
     shutdown_lsn,
     wait_received,
     wait_streaming,
 )
-from .store import ServiceRow
+from pgcloud_nb.sandbox.services.nodes import HA_STANDBYS, label
+from pgcloud_nb.sandbox.store import ServiceRow
 
 if TYPE_CHECKING:
-    from .lifecycle import Lifecycle
+    from pgcloud_nb.sandbox.services.lifecycle import Lifecycle
 
 __all__ = ["Standbys"]
 

@@ -5,18 +5,18 @@ Why it looks like this:
 - **Speed.** A create must reach ``running`` in ≤ 3 s and a restart take ≤ 1 s
   (the product's figures) on a small box. ``initdb`` alone costs about a second,
   so :meth:`Cluster.init` copies a template data folder made once per set of
-  binaries (``template_dir``, see :mod:`datadir`) and then writes fresh
+  binaries (``template_dir``, see :mod:`postgres.datadir`) and then writes fresh
   certificates and settings. Start and stop signal the postmaster and poll
   ``postmaster.pid`` every 10 ms instead of going through ``pg_ctl -w`` (which
   polls every 100 ms).
 - **Root.** PostgreSQL refuses to run as root, so as root every PostgreSQL
   program runs as an unprivileged user who owns the service folder
-  (:mod:`pguser`, which also makes the clusters folder reachable by that user).
+  (:mod:`postgres.osuser`, which also makes the clusters folder reachable by that user).
 - **Adoption.** Servers outlive the sandbox process (they run in their own
   session). A new :class:`Cluster` for the same folder finds its server through
   ``postmaster.pid``, checking that the pid really is that folder's postmaster.
 - **Secrets.** Passwords reach the server only as SCRAM verifiers computed
-  client-side (:mod:`pgpassword`), so the clear password is in no log.
+  client-side (:mod:`postgres.passwords`), so the clear password is in no log.
 
 Layout of a service folder (``root``)::
 
@@ -26,10 +26,9 @@ Layout of a service folder (``root``)::
     log/               startup.log (stderr before the log collector) and jsonlog files
     ca.pem             the service's CA certificate
 
-The settings files are rendered and checked by :mod:`pgconf`; the exceptions live
-in :mod:`pgerrors`. This module re-exports what the rest of the sandbox imports
-from here (:class:`EngineError`, :class:`ConfigValueError`, :func:`pg_user`,
-:func:`usable_clusters_dir`, :func:`scram_verifier`, ``USER_CONF``).
+The settings files are rendered and checked by
+:mod:`postgres.conffiles`; the exceptions live in
+:mod:`pgcloud_nb.sandbox.errors`.
 """
 
 from __future__ import annotations
@@ -51,35 +50,28 @@ from typing import Any
 
 import psycopg
 
-from . import certs, datadir, pgbin, pgconf, pgpassword, pguser
-from .datadir import SUPERUSER
-from .pgconf import BASE_CONF, HBA, USER_CONF, USER_HEADER, render_conf
-from .pgerrors import ConfigValueError, EngineError
-from .pgpassword import scram_verifier
-from .pguser import (
+from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError
+from pgcloud_nb.sandbox.postgres import binaries, certs, conffiles, datadir, osuser, passwords
+from pgcloud_nb.sandbox.postgres.conffiles import (
+    BASE_CONF,
+    HBA,
+    USER_CONF,
+    USER_HEADER,
+    render_conf,
+)
+from pgcloud_nb.sandbox.postgres.datadir import SUPERUSER
+from pgcloud_nb.sandbox.postgres.osuser import (
     POLL,
     as_pg_user,
     chown_tree,
     pg_env,
-    pg_user,
     proc_alive,
     read_pidfile,
-    usable_clusters_dir,
     write_owned,
 )
-from .pguser import _traversable as _traversable  # re-exported: the tests check it here
+from pgcloud_nb.sandbox.postgres.passwords import scram_verifier
 
-__all__ = [
-    "USER_CONF",
-    "Cluster",
-    "ConfigValueError",
-    "EngineError",
-    "free_port",
-    "pg_user",
-    "scram_verifier",
-    "stop_all",
-    "usable_clusters_dir",
-]
+__all__ = ["Cluster", "check_settings", "find_bindir", "free_port", "stop_all"]
 
 FIRST_START = ".first-start.json"  # what start() still has to do once: set the password
 SOCKET_PATH_MAX = 100  # sockaddr_un holds 107 bytes; leave room for ".s.PGSQL.<port>"
@@ -171,7 +163,7 @@ class Cluster:
         """Make the data folder, certificates and settings; does not start the server.
 
         ``extra`` adds sandbox-managed settings to the base file (WAL archiving,
-        replication: see :mod:`pgcloud_nb.sandbox.replication`).
+        replication: see :mod:`pgcloud_nb.sandbox.postgres.replication`).
         """
         if self.pgdata.exists():
             raise EngineError(f"{self.pgdata} already exists")
@@ -208,7 +200,7 @@ class Cluster:
 
         The caller reloads or restarts a running server (archive_mode needs a restart).
         """
-        settings = {**pgconf.base_settings(self._port, self.socket_dir, self.log_dir), **extra}
+        settings = {**conffiles.base_settings(self._port, self.socket_dir, self.log_dir), **extra}
         text = render_conf(settings, "managed by pgcloud-nb; not user settings")
         changed = False
         for path, data in ((self.pgdata / "pg_hba.conf", HBA), (self.pgdata / BASE_CONF, text)):
@@ -238,7 +230,7 @@ class Cluster:
 
     def postmaster_pid(self) -> int | None:
         """The pid of this folder's live postmaster, or None."""
-        return pguser.postmaster_pid(self.pgdata)
+        return osuser.postmaster_pid(self.pgdata)
 
     def is_running(self) -> bool:
         return self.postmaster_pid() is not None
@@ -261,11 +253,11 @@ class Cluster:
             made = int((self.pgdata / "PG_VERSION").read_text().strip())
         except (OSError, ValueError) as e:
             raise EngineError(f"{self.pgdata} is not a PostgreSQL data folder: {e}") from e
-        have = pgbin.server_major(self.bindir)
+        have = binaries.server_major(self.bindir)
         if made != have:
             raise EngineError(
                 f"{self.pgdata} was made by PostgreSQL {made} but {self.bindir} is {have}; "
-                f"set ${pgbin.ENV_BINDIR} to a PostgreSQL {made} bin folder"
+                f"set ${binaries.ENV_BINDIR} to a PostgreSQL {made} bin folder"
             )
 
     def _launch(self) -> int:
@@ -283,10 +275,20 @@ class Cluster:
         script = 'exec "$0" -D "$1" </dev/null >>"$2" 2>&1 &'
         try:
             subprocess.run(
-                ["/bin/sh", "-c", script, str(self.bindir / "postgres"), str(self.pgdata),
-                 str(startup)],
-                check=True, cwd=str(self.pgdata), env=pg_env(), start_new_session=True,
-                timeout=30, **as_pg_user(),
+                [
+                    "/bin/sh",
+                    "-c",
+                    script,
+                    str(self.bindir / "postgres"),
+                    str(self.pgdata),
+                    str(startup),
+                ],
+                check=True,
+                cwd=str(self.pgdata),
+                env=pg_env(),
+                start_new_session=True,
+                timeout=30,
+                **as_pg_user(),
             )
         except (OSError, subprocess.SubprocessError) as e:
             raise EngineError(f"could not launch {self.bindir / 'postgres'}: {e}") from e
@@ -393,7 +395,7 @@ class Cluster:
 
     def _alter_password(self, verifier: str) -> None:
         with self.connect() as conn:
-            pgpassword.alter_password(conn, verifier)
+            passwords.alter_password(conn, verifier)
 
     # -- settings
 
@@ -403,8 +405,8 @@ class Cluster:
         A value PostgreSQL refuses raises :class:`ConfigValueError`; the previous
         file is then back in place and the server never loaded the refused one.
         """
-        applied, _ = pgconf.split_supported(self.bindir, settings)
-        pgconf.check_values(self.bindir, self.pgdata, applied)
+        applied, _ = conffiles.split_supported(self.bindir, settings)
+        conffiles.check_values(self.bindir, self.pgdata, applied)
         with self._lock:
             return self._apply_config(applied)
 
@@ -421,17 +423,17 @@ class Cluster:
                     "SELECT name FROM pg_file_settings WHERE error IS NOT NULL AND sourcefile = %s",
                     [str(path)],
                 ).fetchall()
-                if flagged and (problem := pgconf.config_problem(self.bindir, self.pgdata)):
+                if flagged and (problem := conffiles.config_problem(self.bindir, self.pgdata)):
                     write_owned(path, previous)
                     raise ConfigValueError(problem[0] or flagged[0][0] or "", problem[1])
-                return pgconf.reload_conf(conn)
+                return conffiles.reload_conf(conn)
         except psycopg.OperationalError as e:
             write_owned(path, previous)
             raise EngineError(f"server in {self._root} is not reachable: {e}") from e
 
     def pending_restart(self) -> list[str]:
         with self.connect() as conn:
-            return pgconf.pending_restart(conn)
+            return conffiles.pending_restart(conn)
 
     def install_certificates(self, hostnames: list[str]) -> None:
         """A new CA and server certificate (a restored service or replica: new names)."""
@@ -494,8 +496,8 @@ def _clusters_below(clusters_dir: Path) -> Iterator[Cluster]:
 
 def find_bindir() -> Path:
     try:
-        return pgbin.find_bindir()
-    except pgbin.PgBinariesNotFound as e:
+        return binaries.find_bindir()
+    except binaries.PgBinariesNotFound as e:
         raise EngineError(str(e)) from e
 
 
@@ -506,9 +508,9 @@ def check_settings(settings: dict[str, str], template_dir: Path) -> None:
     a bad pgConfig gets its 400 at once instead of a server that never starts.
     """
     bindir = find_bindir()
-    applied, _ = pgconf.split_supported(bindir, settings)
+    applied, _ = conffiles.split_supported(bindir, settings)
     if applied:
-        pgconf.check_values(bindir, datadir.template(bindir, template_dir), applied)
+        conffiles.check_values(bindir, datadir.template(bindir, template_dir), applied)
 
 
 def stop_all(clusters_dir: Path, mode: str = "fast") -> int:

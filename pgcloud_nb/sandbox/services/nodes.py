@@ -9,7 +9,7 @@ clusters folder:
   servers that are not services of the API (API-NOTES §3.1 ``pgHaType``).
   They sit beside the service folders so ``engine.stop_all`` (``sandbox stop``)
   finds them as it finds every ``*/pgdata``;
-- its WAL archive and base backups, ``.backups/<id>`` (:mod:`backups`).
+- its WAL archive and base backups, ``.backups/<id>`` (:mod:`services.backups`).
 
 A read replica is a service of its own whose node follows its primary's node.
 Every node archives into its service's archive: that only happens while it is
@@ -21,10 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .backups import Archive
-from .engine import Cluster
-from .replication import follow_settings
-from .store import ServiceRow
+from pgcloud_nb.sandbox.postgres.cluster import Cluster
+from pgcloud_nb.sandbox.postgres.replication import follow_settings
+from pgcloud_nb.sandbox.services.backups import Archive
+from pgcloud_nb.sandbox.store import ServiceRow
 
 __all__ = ["HA_STANDBYS", "Layout"]
 

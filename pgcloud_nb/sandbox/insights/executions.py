@@ -5,7 +5,7 @@
 workers); the log line carries the pid, user, database, ``application_name``
 and ``query_id``. A failed execution is an ERROR/FATAL/PANIC line with a
 ``query_id``. Any other line with a ``query_id`` (a WARNING raised by the
-statement, say) tells only which application ran it. See :mod:`insights`.
+statement, say) tells only which application ran it. See :mod:`api.insights`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import json
 from collections import Counter
 from typing import Any
 
-from pgcloud_nb.sandbox.pglog import iso
-from pgcloud_nb.sandbox.pgstatements import Key
+from pgcloud_nb.sandbox.insights.logs import iso
+from pgcloud_nb.sandbox.insights.statements import Key
 
 __all__ = ["FAILED", "Activity", "activity_by_key", "execution", "log_key", "logged_duration", "us"]
 

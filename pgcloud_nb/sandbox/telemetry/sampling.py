@@ -1,9 +1,9 @@
 """Metrics of a sandbox service, measured on its real PostgreSQL server and processes.
 
-`collect` takes one `Sample` (:mod:`samples`) of one server; `render_prometheus`
-(:mod:`exposition`) turns the latest samples of many services into the
+`collect` takes one `Sample` (:mod:`telemetry.samples`) of one server; `render_prometheus`
+(:mod:`telemetry.exposition`) turns the latest samples of many services into the
 Prometheus text of the two ``/prometheus`` endpoints; `metrics_json`
-(:mod:`timeseries`) turns a run of samples into the bucketed ``/metrics``
+(:mod:`telemetry.timeseries`) turns a run of samples into the bucketed ``/metrics``
 result (`PostgresMetrics`), with `plan_buckets` checking its window. This
 module holds the measuring and re-exports the rest, so callers import
 everything from here.
@@ -77,10 +77,10 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from pgcloud_nb.sandbox import procfs
-from pgcloud_nb.sandbox.exposition import FAMILIES, ServiceLabels, render_prometheus
-from pgcloud_nb.sandbox.samples import Sample
-from pgcloud_nb.sandbox.timeseries import MAX_POINTS, metrics_json, plan_buckets
+from pgcloud_nb.sandbox.telemetry import procfs
+from pgcloud_nb.sandbox.telemetry.exposition import FAMILIES, ServiceLabels, render_prometheus
+from pgcloud_nb.sandbox.telemetry.samples import Sample
+from pgcloud_nb.sandbox.telemetry.timeseries import MAX_POINTS, metrics_json, plan_buckets
 from pgcloud_nb.sizes import SizeSpec
 
 __all__ = [

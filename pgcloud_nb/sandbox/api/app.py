@@ -25,9 +25,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pgcloud_nb.sandbox import engine, faults, telemetry
-from pgcloud_nb.sandbox.home import SandboxHome
-from pgcloud_nb.sandbox.http import (
+from pgcloud_nb.sandbox.api import realism
+from pgcloud_nb.sandbox.api.insights import Insights
+from pgcloud_nb.sandbox.api.views import config_view, list_item, restart_message, service_view
+from pgcloud_nb.sandbox.api.wire import (
     APIError,
     bad_request,
     envelope,
@@ -37,12 +38,21 @@ from pgcloud_nb.sandbox.http import (
     parse_date,
     parse_int,
 )
-from pgcloud_nb.sandbox.insights import Insights
-from pgcloud_nb.sandbox.lifecycle import Conflict, Lifecycle, connection_string, generate_password
-from pgcloud_nb.sandbox.restores import RequestRefused
+from pgcloud_nb.sandbox.errors import ConfigValueError
+from pgcloud_nb.sandbox.home import SandboxHome
+from pgcloud_nb.sandbox.postgres.cluster import check_settings
+from pgcloud_nb.sandbox.services.lifecycle import (
+    Conflict,
+    Lifecycle,
+    connection_string,
+    generate_password,
+)
+from pgcloud_nb.sandbox.services.restores import RequestRefused
 from pgcloud_nb.sandbox.settings import Settings
 from pgcloud_nb.sandbox.store import ServiceRow, Store
-from pgcloud_nb.sandbox.views import config_view, list_item, restart_message, service_view
+from pgcloud_nb.sandbox.telemetry.exposition import ServiceLabels, render_prometheus
+from pgcloud_nb.sandbox.telemetry.samples import Sample
+from pgcloud_nb.sandbox.telemetry.timeseries import metrics_json, plan_buckets
 
 __all__ = ["create_app"]
 
@@ -162,8 +172,8 @@ class SandboxAPI:
         if not settings:
             return
         try:
-            await self.life.run(engine.check_settings, settings, self.life.template_dir)
-        except engine.ConfigValueError as exc:
+            await self.life.run(check_settings, settings, self.life.template_dir)
+        except ConfigValueError as exc:
             raise bad_request(
                 f"BAD_REQUEST: request body.pgConfig.{exc.param}: {exc.message}"
             ) from None
@@ -300,7 +310,7 @@ class SandboxAPI:
             bouncer = {**row.pg_bouncer_config, **bouncer}
         try:
             pending = await self.life.apply_config(row, pg, bouncer)
-        except engine.ConfigValueError as exc:
+        except ConfigValueError as exc:
             raise bad_request(
                 f"BAD_REQUEST: request body.pgConfig.{exc.param}: {exc.message}"
             ) from None
@@ -320,24 +330,24 @@ class SandboxAPI:
         assert start is not None and end is not None
         bucket = parse_int(request, "bucket_size_seconds", minimum=1)
         try:
-            size = telemetry.plan_buckets(start.timestamp(), end.timestamp(), bucket)
+            size = plan_buckets(start.timestamp(), end.timestamp(), bucket)
         except ValueError as exc:
             raise bad_request(f"BAD_REQUEST: {exc}") from None
         rows = self.store.samples(row.id, start.timestamp() - size, end.timestamp())
-        samples = [telemetry.Sample.from_dict(d) for d in rows]
-        return ok(telemetry.metrics_json(samples, start.timestamp(), end.timestamp(), size))
+        samples = [Sample.from_dict(d) for d in rows]
+        return ok(metrics_json(samples, start.timestamp(), end.timestamp(), size))
 
-    async def _latest(self, row: ServiceRow) -> telemetry.Sample | None:
+    async def _latest(self, row: ServiceRow) -> Sample | None:
         if row.state != "running":
             return None
         data = self.store.latest_sample(row.id) or await self.life.sample(row)
-        return telemetry.Sample.from_dict(data) if data else None
+        return Sample.from_dict(data) if data else None
 
     async def _exposition(self, rows: list[ServiceRow]) -> Response:
         samples = await asyncio.gather(*(self._latest(r) for r in rows))
         entries = [
             (
-                telemetry.ServiceLabels(
+                ServiceLabels(
                     org_id=self.creds.org_id,
                     service_id=r.id,
                     service_name=r.name,
@@ -348,7 +358,7 @@ class SandboxAPI:
             )
             for r, s in zip(rows, samples, strict=True)
         ]
-        text = telemetry.render_prometheus(entries)
+        text = render_prometheus(entries)
         return Response(text, headers={"content-type": PROMETHEUS_TYPE})
 
     async def org_prometheus(self, request: Request) -> Response:
@@ -452,7 +462,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(faults.FaultMiddleware, settings=settings)],
+        middleware=[Middleware(realism.FaultMiddleware, settings=settings)],
         exception_handlers={
             APIError: api_error,
             Conflict: conflict,

@@ -10,7 +10,7 @@ the lock when the process dies, even after ``kill -9``.
 
 A server counts as *running* when its pid is alive **and**
 ``GET /v1/organizations`` answers 200 with the home's credentials. These probes
-carry :data:`~pgcloud_nb.sandbox.faults.PROBE_HEADER`, so they never use up the
+carry :data:`~pgcloud_nb.sandbox.api.realism.PROBE_HEADER`, so they never use up the
 rate limit and are never hit by injected faults.
 
 ``PGCLOUD_SANDBOX_APP="module:factory"`` replaces the app factory. Tests use it
@@ -33,9 +33,9 @@ from typing import IO
 
 import httpx
 
-from pgcloud_nb.sandbox import pguser
-from pgcloud_nb.sandbox.faults import PROBE_HEADER
+from pgcloud_nb.sandbox.api.realism import PROBE_HEADER
 from pgcloud_nb.sandbox.home import SandboxHome
+from pgcloud_nb.sandbox.postgres import osuser
 from pgcloud_nb.sandbox.settings import Settings
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 APP_ENV = "PGCLOUD_SANDBOX_APP"
-DEFAULT_APP = "pgcloud_nb.sandbox.app:create_app"
+DEFAULT_APP = "pgcloud_nb.sandbox.api.app:create_app"
 # The server's exit code when another server holds the home's lock (EX_TEMPFAIL).
 EXIT_LOCKED = 75
 LOCK_WAIT = 3.0  # a server waits this long for the lock: a Sandbox may be peeking at it
@@ -232,9 +232,10 @@ class Sandbox:
     def _stop_clusters(self) -> int:
         if not self.home.clusters_dir.exists():
             return 0
-        from pgcloud_nb.sandbox import engine  # the PostgreSQL side; heavy, so imported late
+        # the PostgreSQL side; heavy, so imported late
+        from pgcloud_nb.sandbox.postgres.cluster import stop_all
 
-        return engine.stop_all(self.home.clusters_dir)
+        return stop_all(self.home.clusters_dir)
 
     @property
     def _lock_file(self) -> Path:
@@ -280,7 +281,7 @@ def _pid_alive(pid: int) -> bool:
         # Reap it if it is our own exited child, or a zombie would look alive.
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
-    return pguser.proc_alive(pid)
+    return osuser.proc_alive(pid)
 
 
 def _terminate(pid: int, timeout: float) -> bool:

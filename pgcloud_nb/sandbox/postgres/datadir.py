@@ -5,9 +5,9 @@
 per set of binaries (in ``template_dir``, reachable by the PostgreSQL user) and
 falls back to ``initdb`` only without one. Both have the pg_stat_statements
 extension in the admin database, as on the real service. Certificates and
-settings are written afterwards by :meth:`~pgcloud_nb.sandbox.engine.Cluster.init`.
+settings are written afterwards by :meth:`~pgcloud_nb.sandbox.postgres.cluster.Cluster.init`.
 
-Split out of :mod:`engine`, which calls :func:`make` from ``Cluster.init``.
+Split out of :mod:`postgres.cluster`, which calls :func:`make` from ``Cluster.init``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import subprocess
 import threading
 from pathlib import Path
 
-from . import pgbin
-from .pgerrors import EngineError
-from .pguser import chown_tree, run_pg, usable_clusters_dir
+from pgcloud_nb.sandbox.errors import EngineError
+from pgcloud_nb.sandbox.postgres import binaries
+from pgcloud_nb.sandbox.postgres.osuser import chown_tree, run_pg, usable_clusters_dir
 
 __all__ = ["SUPERUSER", "copy", "initdb", "make"]
 
@@ -32,7 +32,7 @@ _template_lock = threading.Lock()
 
 def template(bindir: Path, template_dir: Path) -> Path:
     """A pristine data folder for ``bindir``, made once (initdb + pg_stat_statements)."""
-    key = f"pg{pgbin.server_major(bindir)}-{hashlib.sha1(str(bindir).encode()).hexdigest()[:8]}"
+    key = f"pg{binaries.server_major(bindir)}-{hashlib.sha1(str(bindir).encode()).hexdigest()[:8]}"
     with _template_lock:
         # initdb runs as the PostgreSQL user, so the folder must be reachable by it.
         folder = usable_clusters_dir(template_dir).resolve()
@@ -53,15 +53,34 @@ def template(bindir: Path, template_dir: Path) -> Path:
 
 def initdb(bindir: Path, pgdata: Path) -> None:
     run_pg(
-        [bindir / "initdb", "-D", pgdata, "-U", SUPERUSER, "-E", "UTF8", "--locale=C",
-         "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "--no-instructions"],
+        [
+            bindir / "initdb",
+            "-D",
+            pgdata,
+            "-U",
+            SUPERUSER,
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+            "--no-instructions",
+        ],
         what="initdb",
     )
     # Single-user mode: no port, no password, no settings yet; makes the pg_stat_statements
     # view exist in the admin database, as on the real service.
     run_pg(
-        [bindir / "postgres", "--single", "-D", pgdata, "-c", "shared_preload_libraries=",
-         SUPERUSER],
+        [
+            bindir / "postgres",
+            "--single",
+            "-D",
+            pgdata,
+            "-c",
+            "shared_preload_libraries=",
+            SUPERUSER,
+        ],
         what="creating pg_stat_statements",
         input="CREATE EXTENSION IF NOT EXISTS pg_stat_statements;\n",
     )

@@ -12,7 +12,7 @@ A service's data folder holds three files the sandbox writes:
 A new user file is checked before the server loads it (:func:`config_problem`)
 and then reloaded (:func:`reload_conf`), which reports what still needs a restart.
 
-Split out of :mod:`engine`, whose :class:`~pgcloud_nb.sandbox.engine.Cluster`
+Split out of :mod:`postgres.cluster`, whose :class:`~pgcloud_nb.sandbox.postgres.cluster.Cluster`
 decides when to write, check and reload.
 """
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import psycopg
 
-from .pgerrors import ConfigValueError, EngineError
-from .pguser import POLL, run_pg
+from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError
+from pgcloud_nb.sandbox.postgres.osuser import POLL, run_pg
 
 __all__ = [
     "BASE_CONF",

@@ -1,7 +1,7 @@
 """PostgreSQL's own replication, driven for the sandbox: standbys, promotion, catching up.
 
 Every function here blocks (the lifecycle runs them in worker threads) and works
-on :class:`~pgcloud_nb.sandbox.engine.Cluster` objects only:
+on :class:`~pgcloud_nb.sandbox.postgres.cluster.Cluster` objects only:
 
 - :func:`base_backup` runs ``pg_basebackup`` over the primary's unix socket
   (pg_hba trusts ``local replication``; the socket folder is 0700, so only the
@@ -26,8 +26,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .engine import Cluster, EngineError
-from .pguser import run_pg
+from pgcloud_nb.sandbox.errors import EngineError
+from pgcloud_nb.sandbox.postgres.cluster import Cluster
+from pgcloud_nb.sandbox.postgres.osuser import run_pg
 
 __all__ = [
     "base_backup",

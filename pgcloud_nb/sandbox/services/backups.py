@@ -16,7 +16,7 @@ earliest restore time it gives. Pruning keeps the backups ended within the
 retention window (always at least the newest) and drops WAL older than the
 oldest kept backup needs, with ``pg_archivecleanup``.
 
-:class:`Archive` is synchronous (worker threads); :mod:`pgcloud_nb.sandbox.schedule`
+:class:`Archive` is synchronous (worker threads); :mod:`pgcloud_nb.sandbox.services.schedule`
 takes backups at creation and on the ``backup_interval`` schedule.
 """
 
@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import pgbin
-from .engine import Cluster, EngineError
-from .pguser import chown_tree, run_pg, write_owned
-from .replication import base_backup
+from pgcloud_nb.sandbox.errors import EngineError
+from pgcloud_nb.sandbox.postgres import binaries
+from pgcloud_nb.sandbox.postgres.cluster import Cluster
+from pgcloud_nb.sandbox.postgres.osuser import chown_tree, run_pg, write_owned
+from pgcloud_nb.sandbox.postgres.replication import base_backup
 
 __all__ = ["ARCHIVE_TIMEOUT", "Archive", "BaseBackup"]
 
@@ -150,7 +151,7 @@ class Archive:
                 shutil.rmtree(old.path, ignore_errors=True)
         oldest = self.backups()[0]
         run_pg(
-            [pgbin.find_bindir() / "pg_archivecleanup", self.wal_dir, oldest.start_wal],
+            [binaries.find_bindir() / "pg_archivecleanup", self.wal_dir, oldest.start_wal],
             what="pg_archivecleanup",
         )
 
