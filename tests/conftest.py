@@ -20,8 +20,6 @@ from pgcloud_nb.client import Client
 from pgcloud_nb.ratelimit import Budget
 from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
 
-# __MODIMPORTS__
-
 
 def _start(tmp_root: Path, name: str, **knobs: object) -> tuple[Sandbox, SandboxInfo]:
     home = tmp_root / name

@@ -20,8 +20,6 @@ from pgcloud_nb.prometheus import parse_prometheus
 from pgcloud_nb.ratelimit import Budget
 from pgcloud_nb.sandbox import SandboxInfo
 
-# __MODIMPORTS__
-
 CONNS = "PostgresServer_ActiveConnections"
 COMMITS = "PostgresServer_TransactionsCommitted_Total"
 T0 = pd.Timestamp("2026-09-01", tz="UTC")

@@ -38,8 +38,6 @@ import psycopg
 
 from pgcloud_nb.sandbox import Sandbox, Settings
 
-# __MODIMPORTS__
-
 CREATE = {"provider": "aws", "region": "us-east-1", "size": "r8gd.large"}
 
 

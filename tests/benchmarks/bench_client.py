@@ -31,8 +31,6 @@ from pgcloud_nb.errors import RateLimitError
 from pgcloud_nb.ratelimit import Budget, RetryPolicy
 from pgcloud_nb.sandbox import Sandbox, Settings
 
-# __MODIMPORTS__
-
 REGION, SIZE = "us-east-1", "r8gd.large"
 # list, create, wait (>= 1 GET), tags, config, restart, wait, delete, wait_gone, 2 × prometheus
 SEED_MINIMUM = 11

@@ -25,8 +25,6 @@ import pytest
 
 from pgcloud_nb.sandbox import SandboxInfo
 
-# __MODIMPORTS__
-
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

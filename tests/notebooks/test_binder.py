@@ -22,8 +22,6 @@ import pytest
 
 from pgcloud_nb.sandbox import Sandbox
 
-#__MODIMPORTS__
-
 BINDER = nbrun.ROOT / "binder"
 START = BINDER / "start"
 

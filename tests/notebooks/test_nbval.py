@@ -22,8 +22,6 @@ import pytest
 
 from pgcloud_nb.sandbox import Sandbox
 
-#__MODIMPORTS__
-
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 

@@ -36,7 +36,6 @@ from nbformat import NotebookNode
 import pgcloud_nb
 from pgcloud_nb.ratelimit import Budget
 from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
-#__MODIMPORTS__
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -27,7 +27,6 @@ def main(argv: list[str]) -> int:
         print(f"unknown notebook(s): {', '.join(unknown)}", file=sys.stderr)
         return 2
     from pgcloud_nb.sandbox import Sandbox
-    #__MODIMPORTS__
 
     table = nbrun.load_expected() if nbrun.EXPECTED.exists() else {}
     root = nbrun.reachable_dir("pgcloud-nb-expected-")

@@ -17,8 +17,6 @@ import pytest
 
 from pgcloud_nb.sandbox import SandboxInfo
 
-# __MODIMPORTS__
-
 CREATE = {
     "name": "seed walkthrough",
     "provider": "aws",
@@ -339,8 +337,6 @@ def test_nothing_lost_across_kill_9(tmp_path: Path) -> None:
 
     from pgcloud_nb.sandbox import Sandbox, Settings
 
-    # __MODIMPORTS__
-
     home = Path(tempfile.mkdtemp(prefix="pgcloud-nb-kill9-"))
     sb = Sandbox(home, Settings(home=home, rate_limit=0))
     info = sb.start()
@@ -399,7 +395,6 @@ def test_rename_changes_hostname_and_certificate(
 
 def test_service_quota(sandbox_root: Path) -> None:
     from pgcloud_nb.sandbox import Sandbox, Settings
-    # __MODIMPORTS__
 
     home = sandbox_root / "quota"
     sb = Sandbox(home, Settings(home=home, rate_limit=0, max_services=1))
@@ -420,8 +415,6 @@ def test_create_cut_short_by_kill_9_is_finished(sandbox_root: Path) -> None:
     import signal
 
     from pgcloud_nb.sandbox import Sandbox, Settings
-
-    # __MODIMPORTS__
 
     home = sandbox_root / "cut-short"
     # The delay keeps the service in `creating` while the server is killed.

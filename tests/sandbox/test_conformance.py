@@ -51,8 +51,6 @@ import httpx
 import pytest
 
 from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
-
-# __MODIMPORTS__
 from pgcloud_nb.spec import spec_path
 
 RUN_TIMEOUT = 420  # seconds for one schemathesis run before it is killed (and fails)

@@ -19,8 +19,6 @@ from test_api import CREATE, error, result, wait_state
 
 from pgcloud_nb import spec
 from pgcloud_nb.sandbox import SandboxInfo
-
-# __MODIMPORTS__
 from pgcloud_nb.sandbox.api.insights import SORT_KEYS
 
 TAG = uuid.uuid4().hex[:8]

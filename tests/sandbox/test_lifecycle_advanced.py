@@ -21,8 +21,6 @@ from test_api import CREATE, error, org_client, result, wait_gone, wait_state
 from pgcloud_nb.sandbox import Sandbox, Settings
 from pgcloud_nb.sandbox.postgres.cluster import Cluster, free_port
 from pgcloud_nb.sandbox.postgres.osuser import usable_clusters_dir
-
-# __MODIMPORTS__
 from pgcloud_nb.sandbox.services.backups import Archive
 
 pytestmark = pytest.mark.slow
