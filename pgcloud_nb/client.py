@@ -23,7 +23,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, SecretStr
 
-from .errors import CredentialsUnknownError, UnexpectedResponseError, remember_secret
+from .errors import CredentialsUnknownError, UnexpectedResponseError
 from .models import (
     PostgresInstanceConfig,
     PostgresInstanceUpdateConfigResponse,
@@ -36,6 +36,7 @@ from .models import (
 )
 from .observability import Observability
 from .ratelimit import Budget, RetryPolicy
+from .redaction import redact, remember_secret
 from .requester import Requester, iso_time, parse_model, parse_models
 from .waiters import DEFAULT_TIMEOUT, wait_for_gone, wait_for_state
 
@@ -480,8 +481,6 @@ class Client(Observability):
             return psycopg.connect(conninfo, **params)
         except psycopg.Error as exc:
             # psycopg messages can quote the conninfo; redact before re-raising.
-            from .errors import redact
-
             raise type(exc)(redact(str(exc))) from None
 
 

@@ -6,7 +6,8 @@
 3. the same keys in ``.env`` in the working directory (``".env"``), read with
    ``dotenv_values``: only ``CLICKHOUSE_*`` keys are looked at and ``os.environ``
    is left alone;
-4. none of these: the local sandbox (``"sandbox"``), attached or started.
+4. none of these: the local sandbox (``"sandbox"``), attached or started
+   (:class:`~pgcloud_nb.errors.SandboxUnavailableError` if it cannot be).
 
 ``CLICKHOUSE_ORG_ID`` and ``CLICKHOUSE_API_URL`` are read from the same place
 as the key (arguments win). The secret is kept in a :class:`pydantic.SecretStr`.
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from .errors import ConfigurationError, remember_secret
+from .errors import ConfigurationError, SandboxUnavailableError
+from .redaction import remember_secret
 
 __all__ = ["DEFAULT_BASE_URL", "ResolvedCredentials", "resolve"]
 
@@ -107,9 +109,13 @@ def resolve(
 
 def _sandbox(org_id: str | None, base_url: str | None) -> ResolvedCredentials:
     # Imported here: the sandbox pulls in starlette, uvicorn and PostgreSQL tooling.
-    from .sandbox import ensure_running
+    from .sandbox import SandboxError, ensure_running
 
-    info = ensure_running()
+    try:
+        info = ensure_running()
+    except SandboxError as exc:
+        # connect() fails within one tree; the sandbox's own error (and its text) is the cause.
+        raise SandboxUnavailableError(str(exc)) from exc
     remember_secret(info.key_secret)
     return ResolvedCredentials(
         key_id=info.key_id,

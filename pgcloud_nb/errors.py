@@ -5,6 +5,7 @@
     PgCloudError
     ├── ConfigurationError          no credentials / no org / ambiguous org
     ├── CredentialsUnknownError     connect_service() on a service whose password we never saw
+    ├── SandboxUnavailableError     the local sandbox could not be started (also a RuntimeError)
     ├── APIError                    the API answered with its error envelope
     │   ├── BadRequestError         400
     │   ├── AuthenticationError     401
@@ -14,21 +15,24 @@
     │   ├── RateLimitError          429 (.retry_after)
     │   └── ServerError             5xx
     ├── UnexpectedResponseError     a body that is not the documented envelope
+    ├── PrometheusParseError        a malformed line of Prometheus text (also a ValueError)
     ├── TransportError              connect/read/write failure (wraps the httpx error)
     └── WaitError
-        ├── WaitTimeout             the wanted state did not come in time
+        ├── WaitTimeout             the wanted state did not come in time (also a TimeoutError)
         └── UnexpectedStateError    the service went somewhere it cannot come back from
 
 ``status_error()`` is the one place that maps an HTTP status to a class (as
 stripe's requestor does). No error text ever carries a secret: bodies are passed
-through :func:`redact` before they are quoted, and URLs lose their userinfo.
+through :func:`~pgcloud_nb.redaction.redact` before they are quoted, URLs lose
+their userinfo, and the text is redacted again whenever it is shown. Errors
+survive pickling (multiprocessing, joblib).
 """
 
 from __future__ import annotations
 
-import re
-import threading
 from typing import Any
+
+from .redaction import redact, safe_url, snippet
 
 __all__ = [
     "APIError",
@@ -40,75 +44,29 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "PgCloudError",
+    "PrometheusParseError",
     "RateLimitError",
+    "SandboxUnavailableError",
     "ServerError",
     "TransportError",
     "UnexpectedResponseError",
     "UnexpectedStateError",
     "WaitError",
     "WaitTimeout",
-    "redact",
     "status_error",
 ]
-
-MASK = "**********"
-SNIPPET_LIMIT = 300
-
-# "password": "…" / "connectionString": "…" / key_secret=… in JSON, form or log text.
-_SECRET_FIELD = re.compile(
-    r"""(?ix)
-    (["']?(?:password|connection_?string|secret|key_secret|api_secret|token)["']?\s*[:=]\s*)
-    (?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;&}"']+)
-    """
-)
-# postgres://user:pw@host → postgres://user:***@host (any scheme)
-_URI_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s\"']+):[^@\s\"']*@")
-_ANY_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s\"']*@")
-_BASIC_AUTH = re.compile(r"(?i)(authorization\s*[:=]\s*\"?basic\s+)[A-Za-z0-9+/=]+")
-
-# Secrets this process has seen (API secrets, service passwords): masked wherever they appear,
-# even in text no pattern above would recognise (a password echoed inside an error message).
-_known: set[str] = set()
-_known_lock = threading.Lock()
-
-
-def remember_secret(value: str | None) -> None:
-    """Have :func:`redact` mask ``value`` wherever it appears from now on."""
-    if value and len(value) >= 4:  # too short a string would mask ordinary words
-        with _known_lock:
-            _known.add(value)
-
-
-def redact(text: str) -> str:
-    """``text`` with passwords, connection strings, URI userinfo and known secrets masked."""
-    text = _SECRET_FIELD.sub(lambda m: m.group(1) + f'"{MASK}"', text)
-    text = _URI_USERINFO.sub(lambda m: m.group(1) + f":{MASK}@", text)
-    text = _BASIC_AUTH.sub(lambda m: m.group(1) + MASK, text)
-    with _known_lock:
-        known = sorted(_known, key=len, reverse=True)
-    for secret in known:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
-
-
-def snippet(text: str, limit: int = SNIPPET_LIMIT) -> str:
-    """A redacted, single-line, truncated quote of a body for an error message."""
-    flat = " ".join(redact(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def safe_url(url: object) -> str:
-    """The URL without userinfo (and so without credentials)."""
-    return redact(_ANY_USERINFO.sub(r"\1", str(url)))
 
 
 class PgCloudError(Exception):
     """Base class of every pgcloud_nb error.
 
-    Text is redacted again when shown, so a secret learned after the error was
-    made (a password from a later create) is still masked.
+    Text is redacted when the error is made (``args``) and again when shown, so
+    a secret learned after the error was made (a password from a later create)
+    is still masked.
     """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
     def __str__(self) -> str:
         return redact(super().__str__())
@@ -123,6 +81,14 @@ class ConfigurationError(PgCloudError):
 
 class CredentialsUnknownError(PgCloudError):
     """The client never saw this service's password (it came only in a create/reset response)."""
+
+
+class SandboxUnavailableError(PgCloudError, RuntimeError):
+    """connect() fell back to the local sandbox, and it could not be started or reached.
+
+    The sandbox's own error is the ``__cause__``; its text (the server log's tail)
+    is in the message. A ``RuntimeError`` too, as the sandbox's error always was.
+    """
 
 
 class APIError(PgCloudError):
@@ -236,6 +202,17 @@ class UnexpectedResponseError(PgCloudError):
             parts.append(self.url)
         text = "; ".join(parts)
         super().__init__(f"{text}; body: {self.body!r}" if body else text)
+
+
+class PrometheusParseError(PgCloudError, ValueError):
+    """A line of a Prometheus exposition is malformed; ``lineno`` counts from 1."""
+
+    def __init__(self, lineno: int, line: str, reason: str) -> None:
+        self.lineno, self.line, self.reason = lineno, line, reason
+        super().__init__(f"line {lineno}: {reason}: {line!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # the constructor takes three arguments, not one
+        return (type(self), (self.lineno, self.line, self.reason))
 
 
 class TransportError(PgCloudError):

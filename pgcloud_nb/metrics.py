@@ -23,14 +23,13 @@ import pandas as pd
 from pandas.api.types import union_categoricals
 
 from .frames import services_frame
-from .prometheus import TS_DTYPE, PrometheusParseError, label_columns, parse_prometheus
+from .prometheus import TS_DTYPE, label_columns, parse_prometheus
 
 if TYPE_CHECKING:
     from .history import History
 
 __all__ = [
     "ORG_PROMETHEUS_LIMIT",
-    "PrometheusParseError",
     "concat_scrapes",
     "counter_rates",
     "derived",

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Self
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 from pydantic.alias_generators import to_camel
 
-from .errors import remember_secret
+from .redaction import remember_secret
 
 __all__ = [
     "ApiModel",

@@ -13,9 +13,10 @@ This parser is written by hand for two reasons:
   (``tests/benchmarks/bench_metrics.py``) measures the ratio.
 
 Validation is complete all the same: every line must be a sample, a comment or
-blank, and the first line that is not raises :class:`PrometheusParseError`
-quoting it with its line number and the reason (bad label escape, missing value,
-bad number, duplicate HELP or TYPE, TYPE after samples…).
+blank, and the first line that is not raises
+:class:`~pgcloud_nb.errors.PrometheusParseError` quoting it with its line number
+and the reason (bad label escape, missing value, bad number, duplicate HELP or
+TYPE, TYPE after samples…).
 
 The frame: ``timestamp, service_id, service_name, metric, <label columns>,
 value``. The three labels every series carries (data sheet) become
@@ -34,10 +35,11 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
+from .errors import PrometheusParseError
+
 __all__ = [
     "LABEL_ORDER",
     "TS_DTYPE",
-    "PrometheusParseError",
     "label_columns",
     "parse_prometheus",
 ]
@@ -70,14 +72,6 @@ _META = re.compile(rf"#[ \t]+(HELP|TYPE)(?:[ \t]+({_NAME})(?:[ \t]+(.*?))?)?[ \t
 _META_PREFIX = re.compile(r"#[ \t]+(HELP|TYPE)(?:[ \t]|$)")
 _PAIRS = re.compile(rf"({_LNAME})[ \t]*=[ \t]*\"([^\"\\\n]*(?:\\[\\\"n][^\"\\\n]*)*)\"")
 _UNESCAPE = re.compile(r"\\([\\\"n])")
-
-
-class PrometheusParseError(ValueError):
-    """A line of the exposition is malformed; ``lineno`` counts from 1."""
-
-    def __init__(self, lineno: int, line: str, reason: str) -> None:
-        self.lineno, self.line, self.reason = lineno, line, reason
-        super().__init__(f"line {lineno}: {reason}: {line!r}")
 
 
 def parse_prometheus(

@@ -36,11 +36,10 @@ from .errors import (
     RateLimitError,
     TransportError,
     UnexpectedResponseError,
-    safe_url,
-    snippet,
     status_error,
 )
 from .ratelimit import Budget, RetryPolicy, retry_after_seconds
+from .redaction import safe_url, snippet
 
 __all__ = ["Requester", "When", "iso_time", "parse_model", "parse_models"]
 

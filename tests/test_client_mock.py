@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pgcloud_nb import errors
+from pgcloud_nb import redaction
 from pgcloud_nb.client import Client
 from pgcloud_nb.errors import (
     APIError,
@@ -557,7 +557,7 @@ def test_repr_names_the_source_never_the_secret() -> None:
 
 
 def test_no_secret_in_log_records(caplog: pytest.LogCaptureFixture) -> None:
-    errors.remember_secret(PASSWORD)
+    redaction.remember_secret(PASSWORD)
     rec = Recorder(
         ok(service(NEW, state="creating", password=PASSWORD, connectionString=CONN)),
         fail(500, f"boom with {CONN}"),

@@ -13,7 +13,7 @@ import pytest
 import pgcloud_nb
 import pgcloud_nb.sandbox
 from pgcloud_nb.credentials import DEFAULT_BASE_URL, resolve
-from pgcloud_nb.errors import ConfigurationError
+from pgcloud_nb.errors import ConfigurationError, PgCloudError, SandboxUnavailableError
 from pgcloud_nb.ratelimit import Budget
 
 VARS = (
@@ -108,6 +108,21 @@ def test_no_key_uses_the_sandbox(fake_sandbox: list[int]) -> None:
     assert fake_sandbox == [1]
     with pytest.raises(ConfigurationError, match="no API key"):
         resolve(sandbox=False)
+
+
+def test_a_sandbox_that_cannot_start_is_an_error_of_the_tree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failure = pgcloud_nb.sandbox.SandboxError("the sandbox server exited with code 3")
+
+    def ensure_running() -> Any:
+        raise failure
+
+    monkeypatch.setattr(pgcloud_nb.sandbox, "ensure_running", ensure_running, raising=False)
+    with pytest.raises(SandboxUnavailableError, match="exited with code 3") as info:
+        pgcloud_nb.connect()
+    assert isinstance(info.value, PgCloudError) and isinstance(info.value, RuntimeError)
+    assert info.value.__cause__ is failure
 
 
 def test_sandbox_true_ignores_keys(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
+import re
 
 import pytest
 
-from pgcloud_nb import errors
+from pgcloud_nb import errors, redaction
 from pgcloud_nb.errors import (
     APIError,
     AuthenticationError,
@@ -15,21 +17,23 @@ from pgcloud_nb.errors import (
     NotFoundError,
     PermissionDeniedError,
     PgCloudError,
+    PrometheusParseError,
     RateLimitError,
+    SandboxUnavailableError,
     ServerError,
     TransportError,
     UnexpectedResponseError,
     UnexpectedStateError,
     WaitTimeout,
-    redact,
     status_error,
 )
+from pgcloud_nb.redaction import redact
 
 PASSWORD = "Sup3rSecretPassw0rd"
 CONN = f"postgres://postgres:{PASSWORD}@db.example:5432/postgres?channel_binding=require"
 # The client remembers every password it sees (create/reset answers, reset arguments) before
 # any error can quote it; do the same here, before the parametrized errors are built.
-errors.remember_secret(PASSWORD)
+redaction.remember_secret(PASSWORD)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +102,7 @@ def test_redact_masks_json_fields_uris_basic_auth() -> None:
 
 def test_remembered_secret_is_masked_anywhere() -> None:
     err = BadRequestError(400, "the server said zz-Unusual-Token-42 was bad")
-    errors.remember_secret("zz-Unusual-Token-42")  # learned after the error was made
+    redaction.remember_secret("zz-Unusual-Token-42")  # learned after the error was made
     assert "zz-Unusual-Token-42" not in redact("the server said zz-Unusual-Token-42 was bad")
     assert "zz-Unusual-Token-42" not in str(err) and "zz-Unusual-Token-42" not in repr(err)
 
@@ -132,6 +136,8 @@ def _all_error_instances() -> list[Exception]:
     out.append(UnexpectedStateError("deleting"))
     out.append(errors.ConfigurationError("no key"))
     out.append(errors.CredentialsUnknownError("no password known"))
+    out.append(SandboxUnavailableError(f"the sandbox server exited; log: dsn={CONN}"))
+    out.append(PrometheusParseError(3, f'x{{password="{PASSWORD}"}} 1x', "bad number"))
     return out
 
 
@@ -144,10 +150,56 @@ def test_no_secret_in_any_error_text(err: Exception) -> None:
 
 def test_snippet_is_truncated_and_single_line() -> None:
     err = UnexpectedResponseError("not JSON", status=502, body="<html>\n" + "x" * 5000)
-    assert len(err.body) <= errors.SNIPPET_LIMIT
+    assert len(err.body) <= redaction.SNIPPET_LIMIT
     assert "\n" not in err.body
 
 
 def test_wait_timeout_is_a_timeout_error() -> None:
     assert issubclass(WaitTimeout, TimeoutError)
     assert WaitTimeout("x", service=1).service == 1
+
+
+def _drawn_parents() -> dict[str, str | None]:
+    """Class → parent as drawn in the module docstring (by the column each name starts at)."""
+    parents: dict[str, str | None] = {}
+    stack: list[tuple[int, str]] = []
+    for line in (errors.__doc__ or "").splitlines():
+        m = re.match(r"^( {4}[ │├└─]*)([A-Z][A-Za-z]+)\b", line)
+        if m is None or not inspect.isclass(getattr(errors, m[2], None)):
+            continue
+        column = len(m[1])
+        while stack and stack[-1][0] >= column:
+            stack.pop()
+        parents[m[2]] = stack[-1][1] if stack else None
+        stack.append((column, m[2]))
+    return parents
+
+
+def test_the_docstring_draws_the_tree_as_it_is() -> None:
+    classes = {
+        name: obj
+        for name, obj in vars(errors).items()
+        if inspect.isclass(obj) and issubclass(obj, PgCloudError)
+    }
+    assert set(classes) == set(errors.__all__) - {"status_error"}
+    real = {
+        name: next((b.__name__ for b in cls.__bases__ if issubclass(b, PgCloudError)), None)
+        for name, cls in classes.items()
+    }
+    assert _drawn_parents() == real
+
+
+def test_parse_and_sandbox_errors_join_the_tree_and_keep_their_builtin_bases() -> None:
+    parse = PrometheusParseError(7, "x 12x", "bad number")
+    assert isinstance(parse, PgCloudError) and isinstance(parse, ValueError)
+    assert (parse.lineno, parse.line, parse.reason) == (7, "x 12x", "bad number")
+    assert str(parse) == "line 7: bad number: 'x 12x'"
+    back = pickle.loads(pickle.dumps(parse))
+    assert (type(back), back.lineno, back.line, str(back)) == (
+        PrometheusParseError,
+        7,
+        "x 12x",
+        str(parse),
+    )
+    assert issubclass(SandboxUnavailableError, PgCloudError)
+    assert issubclass(SandboxUnavailableError, RuntimeError)  # what the CLI and callers catch

@@ -12,9 +12,9 @@ from fixtures.mockapi import FakeApi
 from fixtures.synth import FAMILIES, exposition, services
 from prometheus_client.parser import text_string_to_metric_families
 
+from pgcloud_nb.errors import PrometheusParseError
 from pgcloud_nb.history import History
 from pgcloud_nb.metrics import (
-    PrometheusParseError,
     concat_scrapes,
     derived,
     fleet_snapshot,

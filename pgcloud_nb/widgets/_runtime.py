@@ -37,8 +37,9 @@ from urllib.parse import urlsplit
 
 import ipywidgets as widgets
 
-from ..errors import APIError, PgCloudError, redact
+from ..errors import APIError, PgCloudError
 from ..models import PostgresService
+from ..redaction import redact
 from ..waiters import DEFAULT_TIMEOUT, StatePoll
 
 if TYPE_CHECKING:

@@ -234,8 +234,8 @@ _httpx.Client.send = _pgcloud_recording_send
 # redaction (API key secrets, chosen passwords), to a file; prints nothing.
 _DUMP = r"""
 try:
-    import pgcloud_nb.errors as _pgcloud_errors
-    _pgcloud_seen |= set(getattr(_pgcloud_errors, "_known", ()))
+    import pgcloud_nb.redaction as _pgcloud_redaction
+    _pgcloud_seen |= set(getattr(_pgcloud_redaction, "_known", ()))
 except ImportError:
     pass
 with open({path!r}, "w") as _out:

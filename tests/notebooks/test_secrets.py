@@ -35,6 +35,7 @@ from nbformat import NotebookNode
 
 import pgcloud_nb
 from pgcloud_nb.ratelimit import Budget
+from pgcloud_nb.redaction import redact
 from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -112,7 +113,7 @@ def test_no_secret_in_outputs_or_widget_state(
     assert not found, "secrets in the notebook:\n" + "\n".join(found)
 
     errors = [
-        (c.id, o.ename, pgcloud_nb.errors.redact(str(o.evalue)))
+        (c.id, o.ename, redact(str(o.evalue)))
         for c in nbrun.code_cells(nb)
         for o in c.outputs
         if o.output_type == "error"
