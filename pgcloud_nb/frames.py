@@ -29,12 +29,11 @@ from typing import Any
 import pandas as pd
 from pydantic import SecretStr
 
+from .pgparams import KINDS, PG_DEFAULTS, needs_restart, typed_value
 from .sizes import size_spec
 from .spec import enum_values
 
 __all__ = [
-    "PG_DEFAULTS",
-    "RESTART_PARAMETERS",
     "config_frame",
     "executions_frame",
     "logs_frame",
@@ -67,7 +66,6 @@ _SERVICE: Schema = (
     ("createdAt", "time"),
     ("storageSize", "int"),
 )
-_SIZE_COLUMNS = ("vcpus", "memoryGib", "storageGib")
 
 _SLOW_INTS = _words(
     "callCount errorCount totalDurationUs avgDurationUs maxDurationUs p50DurationUs "
@@ -154,98 +152,21 @@ def _tags(raw: Any) -> dict[str, str | None]:
 
 # --- config ----------------------------------------------------------------------------------
 
-# Parameters that only take effect after a server restart: PostgreSQL's
-# "postmaster" context (pg_settings.context), from its documentation. Of the 31
-# keys the API accepts, max_connections and max_worker_processes are always
-# here, autovacuum_max_workers up to PostgreSQL 17 (18 made it reloadable). The
-# WAL keys the API accepts (wal_keep_size, min/max_wal_size, wal_compression,
-# wal_sender_timeout, max_slot_wal_keep_size) are reloadable; the postmaster
-# WAL settings are listed for configs that carry them.
-RESTART_PARAMETERS: frozenset[str] = frozenset(
-    _words(
-        "max_connections max_worker_processes autovacuum_max_workers "
-        "superuser_reserved_connections reserved_connections shared_buffers huge_pages "
-        "huge_page_size max_prepared_transactions max_locks_per_transaction "
-        "max_pred_locks_per_transaction max_files_per_process shared_preload_libraries "
-        "wal_level wal_buffers wal_log_hints max_wal_senders max_replication_slots "
-        "track_commit_timestamp track_activity_query_size listen_addresses port ssl_library "
-        "archive_mode hot_standby shared_memory_type dynamic_shared_memory_type "
-        "max_notify_queue_pages recovery_target_timeline"
-    )
-)
-# PgBouncer settings that a reload does not change (its docs: "Can be changed at
-# runtime: no" or a restart needed for the new value).
-_BOUNCER_RESTART = frozenset(
-    _words(
-        "listen_addr listen_port unix_socket_dir unix_socket_mode unix_socket_group user "
-        "pidfile so_reuseport peer_id auth_type"
-    )
-)
-
-# PostgreSQL 17's own defaults for the 31 keys the API accepts (API-NOTES §3.1).
-# The managed service may tune some per size (e.g. max_connections) [U]: a
-# ``source="default"`` row is PostgreSQL's default, not a reading of the server.
-PG_DEFAULTS: Mapping[str, str] = {
-    "max_connections": "100",
-    "default_transaction_isolation": "read committed",
-    "ssl_min_protocol_version": "TLSv1.2",
-    "maintenance_work_mem": "64MB",
-    "work_mem": "4MB",
-    "effective_cache_size": "4GB",
-    "random_page_cost": "4",
-    "effective_io_concurrency": "1",
-    "max_worker_processes": "8",
-    "max_parallel_workers": "8",
-    "max_parallel_workers_per_gather": "2",
-    "max_parallel_maintenance_workers": "2",
-    "statement_timeout": "0",
-    "lock_timeout": "0",
-    "idle_session_timeout": "0",
-    "idle_in_transaction_session_timeout": "0",
-    "transaction_timeout": "0",
-    "wal_sender_timeout": "60s",
-    "wal_keep_size": "0",
-    "min_wal_size": "80MB",
-    "max_wal_size": "1GB",
-    "max_slot_wal_keep_size": "-1",
-    "wal_compression": "off",
-    "autovacuum_max_workers": "3",
-    "autovacuum_naptime": "1min",
-    "autovacuum_work_mem": "-1",
-    "autovacuum_vacuum_scale_factor": "0.2",
-    "autovacuum_analyze_scale_factor": "0.1",
-    "autovacuum_vacuum_insert_scale_factor": "0.2",
-    "autovacuum_vacuum_cost_limit": "-1",
-    "autovacuum_vacuum_cost_delay": "2ms",
-}
-# The unit of a bare number, per parameter (pg_settings.unit); memory -> bytes, time -> Timedelta
-_MEMORY_UNIT = {
-    "maintenance_work_mem": 1024, "work_mem": 1024, "autovacuum_work_mem": 1024,
-    "effective_cache_size": 8192,
-    "wal_keep_size": 2**20, "min_wal_size": 2**20, "max_wal_size": 2**20,
-    "max_slot_wal_keep_size": 2**20,
-}  # fmt: skip
-_TIME_UNIT: dict[str, Any] = {
-    "statement_timeout": "ms", "lock_timeout": "ms", "idle_session_timeout": "ms",
-    "idle_in_transaction_session_timeout": "ms", "transaction_timeout": "ms",
-    "wal_sender_timeout": "ms", "autovacuum_vacuum_cost_delay": "ms", "autovacuum_naptime": "s",
-}  # fmt: skip
-_MEM_SUFFIX = {"B": 1, "kB": 1024, "MB": 2**20, "GB": 2**30, "TB": 2**40}
-_TIME_SUFFIX: dict[str, Any] = {"us": "us", "ms": "ms", "s": "s", "min": "min", "h": "h", "d": "D"}
-_QUANTITY = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 _RESTART_MESSAGE = re.compile(r"restart[^:]*:\s*([^.]*)")
 
 
 def config_frame(config: Any, *, message: str | None = None, defaults: bool = True) -> pd.DataFrame:
     """One row per parameter: ``section, key, value, raw, kind, needs_restart, source``.
 
-    ``value`` is typed: bytes (int) for memory, ``Timedelta`` for durations, int
-    or float for numbers, str for enums; ``raw`` is the API's text. ``-1`` and
-    ``0`` keep their PostgreSQL meaning (unlimited / off) as plain ints.
-    ``needs_restart`` is True for :data:`RESTART_PARAMETERS` and for any key
+    ``value`` is typed by :func:`~pgcloud_nb.pgparams.typed_value`: bytes (int)
+    for memory, ``Timedelta`` for durations, int or float for numbers, str for
+    enums; ``raw`` is the API's text. ``-1`` and ``0`` keep their PostgreSQL
+    meaning (unlimited / off) as plain ints. ``needs_restart`` is True for the
+    keys of :data:`~pgcloud_nb.pgparams.RESTART_PARAMETERS` and for any key
     named in the API's restart ``message`` (taken from ``config`` when it is a
     write response). With ``defaults``, the API keys the user has not set are
-    added with PostgreSQL's default (:data:`PG_DEFAULTS`) and ``source="default"``.
+    added with PostgreSQL's default (:data:`~pgcloud_nb.pgparams.PG_DEFAULTS`)
+    and ``source="default"``.
     """
     data = _record(config)
     message = message if message is not None else data.get("message")
@@ -259,20 +180,15 @@ def config_frame(config: Any, *, message: str | None = None, defaults: bool = Tr
         rows += [("pgConfig", k, v, False) for k, v in PG_DEFAULTS.items() if k not in pg]
     bouncer = data.get("pgBouncerConfig") or {}
     rows += [("pgBouncerConfig", str(k), v, True) for k, v in sorted(bouncer.items())]
-    typed = [_typed(section, key, raw) for section, key, raw, _ in rows]
-    restart = [
-        key in named or key in (RESTART_PARAMETERS if section == "pgConfig" else _BOUNCER_RESTART)
-        for section, key, _, _ in rows
-    ]
+    typed = [typed_value(section, key, raw) for section, key, raw, _ in rows]
+    restart = [key in named or needs_restart(section, key) for section, key, _, _ in rows]
     frame = pd.DataFrame(
         {
             "section": pd.Categorical([r[0] for r in rows], ["pgConfig", "pgBouncerConfig"]),
             "key": pd.array([r[1] for r in rows], dtype="str"),
             "value": pd.array([t[0] for t in typed], dtype=object),
             "raw": pd.array([str(r[2]) for r in rows], dtype="str"),
-            "kind": pd.Categorical(
-                [t[1] for t in typed], ["memory", "duration", "integer", "real", "bool", "text"]
-            ),
+            "kind": pd.Categorical([t[1] for t in typed], KINDS),
             "needs_restart": pd.array(restart, dtype=bool),
             "source": pd.Categorical(
                 ["user" if r[3] else "default" for r in rows], ["user", "default"]
@@ -281,36 +197,6 @@ def config_frame(config: Any, *, message: str | None = None, defaults: bool = Tr
     )
     frame.attrs["message"] = message
     return frame
-
-
-def _typed(section: str, key: str, raw: Any) -> tuple[Any, str]:
-    """A parameter's value as a Python object, and its kind."""
-    if isinstance(raw, bool):
-        return raw, "bool"
-    if isinstance(raw, int | float):
-        raw = repr(raw)
-    text = str(raw)
-    m = _QUANTITY.fullmatch(text)
-    if m is None:
-        low = text.strip().lower()
-        if low in ("on", "off", "true", "false") and section == "pgBouncerConfig":
-            return low in ("on", "true"), "bool"
-        return text, "text"
-    number, suffix = m[1], m[2]
-    num: int | float = float(number) if "." in number else int(number)
-    if key in _MEMORY_UNIT or suffix in _MEM_SUFFIX:
-        if num < 0 and not suffix:
-            return num, "memory"  # -1: "use the other setting" / unlimited
-        scale = _MEM_SUFFIX.get(suffix) if suffix else _MEMORY_UNIT.get(key, 1)
-        return (int(num * scale), "memory") if scale else (text, "text")
-    if key in _TIME_UNIT or suffix in _TIME_SUFFIX:
-        if num < 0 and not suffix:
-            return num, "duration"
-        unit = _TIME_SUFFIX.get(suffix) if suffix else _TIME_UNIT.get(key, "s")
-        return (pd.Timedelta(num, unit=unit), "duration") if unit else (text, "text")
-    if suffix:
-        return text, "text"
-    return num, "integer" if isinstance(num, int) else "real"
 
 
 # --- metrics JSON, slow queries, executions, logs --------------------------------------------

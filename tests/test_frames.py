@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from pgcloud_nb.frames import (
-    PG_DEFAULTS,
     config_frame,
     executions_frame,
     logs_frame,
@@ -24,6 +23,7 @@ from pgcloud_nb.models import (
     PostgresServiceListItem,
     PostgresSlowQueryPattern,
 )
+from pgcloud_nb.pgparams import PG_DEFAULTS
 
 UTC = pd.DatetimeTZDtype("us", "UTC")
 ITEM: dict[str, Any] = {
