@@ -9,7 +9,7 @@ How it runs, and why:
 
 - **An asyncio task on the kernel's loop**, not a thread: output from threads
   is lost under ipykernel 7. Only the blocking HTTP read goes to the loop's
-  executor (see :mod:`pgcloud_nb.widgets._runtime`); parsing and drawing run on
+  executor (see :mod:`pgcloud_nb.jobs`); parsing and drawing run on
   the loop. Without a running loop (a plain test or script), call
   :meth:`LiveChart.update` for one beat.
 - **One figure, reused**: lines are created once per series, then moved with
@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import ipywidgets as widgets
 import matplotlib.dates as mdates
@@ -50,19 +51,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from .history import History
+from .jobs import ErrorPanel, cancel, close_children, guarded, poll_job, require_loop, run_job
 from .metrics import is_counter
-from .widgets._runtime import (
-    ErrorPanel,
-    cancel,
-    close_children,
-    guarded,
-    has_room,
-    is_sandbox,
-    paced,
-    poll_job,
-    require_loop,
-    run_job,
-)
 
 if TYPE_CHECKING:
     import asyncio
@@ -127,7 +117,7 @@ class LiveChart(widgets.VBox):
         self.metrics = tuple(metrics)
         self.where = dict(where or {})
         if interval is None:
-            sandbox = client is None or is_sandbox(client)
+            sandbox = client is None or _is_sandbox(client)
             interval = SANDBOX_INTERVAL if sandbox else DEFAULT_INTERVAL
         self.interval = interval
         self.window = window
@@ -232,12 +222,12 @@ class LiveChart(widgets.VBox):
         """``interval``, stretched to keep the chart within its share of the budget."""
         if self.client is None:
             return self.interval
-        return paced(self.client, self.interval, BUDGET_SHARE)
+        return self.client.budget.paced(self.interval, BUDGET_SHARE)
 
     # -- data -------------------------------------------------------------------------
 
     def _room(self) -> bool:
-        return self.client is None or has_room(self.client)
+        return self.client is None or self.client.budget.has_room()
 
     def _fetch(self) -> Scrape:
         if self._source is not None:
@@ -349,6 +339,12 @@ class LiveChart(widgets.VBox):
             f"{self.history.n_scrapes} kept · every {self.effective_interval():g} s · "
             f"window {self.window:g} s · {time.strftime('%H:%M:%S')}"
         )
+
+
+def _is_sandbox(client: Client) -> bool:
+    """Whether the client talks to a local sandbox (loopback URL, or resolved as one)."""
+    host = urlsplit(client.base_url).hostname or ""
+    return client.source == "sandbox" or host in ("localhost", "127.0.0.1", "::1")
 
 
 def _loop_running() -> bool:

@@ -10,6 +10,12 @@ The budget is a sliding window of send times. Threads block in
 block, so it asks :meth:`Budget.delay` / :meth:`Budget.try_acquire` instead.
 A 429 from the server means our view of the window was wrong (another process
 uses the key): :meth:`Budget.penalize` pauses every user of the key.
+
+Pacing lives here too, so that every poller asks the same object how often it
+may ask: :meth:`Budget.poll_interval` (waiters: at most half the window's
+slots, slower when they run low), :meth:`Budget.paced` (an auto-refresher's
+interval, stretched to its share) and :meth:`Budget.has_room` (whether a
+background refresh may spend a request now, leaving the user's own calls theirs).
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ DEFAULT_WINDOW = 10.0
 # margin absorbs latency jitter so our window never looks shorter than the server's.
 MARGIN = 0.15
 UNLIMITED = 2**31 - 1  # remaining() of an unlimited budget
+# Bounds of a wait's poll interval: never busier than this, never deafer than that.
+MIN_POLL_INTERVAL = 0.5
+MAX_POLL_INTERVAL = 30.0
 
 
 class Budget:
@@ -137,6 +146,34 @@ class Budget:
         if not self.limit:
             return 0.0
         return 1.0 - self.remaining() / self.limit
+
+    # -- pacing: how often pollers may ask ------------------------------------------------
+
+    def poll_interval(self) -> float:
+        """Seconds between a wait's polls: at most half the window's slots, slower when few free."""
+        if not self.limit:
+            return MIN_POLL_INTERVAL
+        interval = self.window / max(1.0, self.limit / 2)
+        free = self.remaining() / self.limit
+        if free < 0.5:  # others are busy with the key: give them room
+            interval *= 0.5 / max(free, 0.1)
+        return min(MAX_POLL_INTERVAL, max(MIN_POLL_INTERVAL, interval))
+
+    def paced(self, interval: float, share: float) -> float:
+        """``interval``, stretched so that one poller alone takes at most ``share`` of the slots."""
+        if not self.limit:
+            return interval
+        return max(interval, self.window / (self.limit * share))
+
+    def has_room(self, reserve: float = 0.5) -> bool:
+        """Whether a background refresh may spend a request now.
+
+        Auto-refreshers (fleet table, charts) skip a beat when less than ``reserve``
+        of the window is free, so the user's own calls and waits keep their share.
+        """
+        if not self.limit:
+            return True
+        return self.delay() == 0 and self.remaining() >= self.limit * reserve
 
 
 _budgets: dict[tuple[str, str], Budget] = {}

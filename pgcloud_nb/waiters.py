@@ -1,30 +1,30 @@
 """Waiting for a service to reach a state, or to be gone.
 
 A ``tqdm.auto`` bar shows the current state (a widget in Jupyter, text
-elsewhere). The poll interval comes from the key's budget: polling alone never
+elsewhere). The poll interval comes from the key's budget
+(:meth:`~pgcloud_nb.ratelimit.Budget.poll_interval`): polling alone never
 takes more than half of the window's requests, and it slows down further when
 other users of the key (charts, widgets) leave little free. Waits fail fast
 instead of running into their timeout when the service goes somewhere it will
 not come back from; Ctrl-C / "interrupt kernel" closes the bar and propagates.
+
+A wait needs only :class:`WaitClient` (the budget and one GET), not the whole
+client: the client calls in here, never the other way round.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import NotFoundError, UnexpectedStateError, WaitTimeout
 from .models import OpenEnum, PostgresService, ResourceTagsV1, ServiceState
+from .ratelimit import Budget
 
-if TYPE_CHECKING:
-    from .client import Client
-
-__all__ = ["StatePoll", "poll_interval", "wait_for_gone", "wait_for_state"]
+__all__ = ["StatePoll", "WaitClient", "wait_for_gone", "wait_for_state"]
 
 DEFAULT_TIMEOUT = 1800.0  # TF waits up to 30 min for a create
-MIN_INTERVAL = 0.5
-MAX_INTERVAL = 30.0
 # States a wait for `running` tolerates for a while: `unavailable` heals by itself
 # (DOC-HA); `stopped` has no start command in the API, so it is given a short grace.
 GRACE = {ServiceState.UNAVAILABLE: 300.0, ServiceState.STOPPED: 30.0}
@@ -35,16 +35,13 @@ _clock: Callable[[], float] = time.monotonic
 _sleep: Callable[[float], None] = time.sleep
 
 
-def poll_interval(client: Client) -> float:
-    """Seconds between polls: at most half the window's budget, slower when it runs low."""
-    budget = client.budget
-    if not budget.limit:
-        return MIN_INTERVAL
-    interval = budget.window / max(1.0, budget.limit / 2)
-    free = budget.remaining() / budget.limit
-    if free < 0.5:  # others are busy with the key: give them room
-        interval *= 0.5 / max(free, 0.1)
-    return min(MAX_INTERVAL, max(MIN_INTERVAL, interval))
+class WaitClient(Protocol):
+    """What a wait reads: the key's shared budget (for its pace) and one service."""
+
+    @property
+    def budget(self) -> Budget: ...
+
+    def get_service(self, service_id: str) -> PostgresService: ...
 
 
 class _Bar:
@@ -131,7 +128,7 @@ class StatePoll:
         self.shown = ""  # the last poll's outcome, for a progress display
         self._bad_since: dict[str, float] = {}
 
-    def look(self, client: Client) -> PostgresService | NotFoundError:
+    def look(self, client: WaitClient) -> PostgresService | NotFoundError:
         """Poll once (a blocking GET): the service, or the 404 it answered."""
         self.elapsed = _clock() - self.started
         try:
@@ -187,9 +184,9 @@ class StatePoll:
             self._bad_since.clear()
         return False
 
-    def pause(self, client: Client) -> float:
+    def pause(self, client: WaitClient) -> float:
         """Seconds until the next poll (from the budget); WaitTimeout if that passes the timeout."""
-        pause = poll_interval(client)
+        pause = client.budget.poll_interval()
         if self.elapsed + pause > self.timeout:
             raise self._timed_out()
         return pause
@@ -209,7 +206,7 @@ class StatePoll:
         )
 
 
-def _run(client: Client, poll: StatePoll, progress: bool) -> PostgresService | None:
+def _run(client: WaitClient, poll: StatePoll, progress: bool) -> PostgresService | None:
     """Drive ``poll`` to the end, sleeping between polls; owns the progress bar."""
     bar = _Bar(poll.desc, progress)
     try:
@@ -223,7 +220,7 @@ def _run(client: Client, poll: StatePoll, progress: bool) -> PostgresService | N
 
 
 def wait_for_state(
-    client: Client,
+    client: WaitClient,
     service_id: str,
     state: str = "running",
     *,
@@ -239,7 +236,7 @@ def wait_for_state(
 
 
 def wait_for_gone(
-    client: Client, service_id: str, *, timeout: float = DEFAULT_TIMEOUT, progress: bool = True
+    client: WaitClient, service_id: str, *, timeout: float = DEFAULT_TIMEOUT, progress: bool = True
 ) -> None:
     """Poll until GET answers 404 (after a delete)."""
     _run(client, StatePoll(service_id, None, timeout=timeout), progress)

@@ -119,3 +119,29 @@ def test_backoff_is_full_jitter_and_capped() -> None:
         waits = [policy.backoff(attempt, rng) for _ in range(200)]
         assert all(0 <= w <= ceiling for w in waits)
         assert max(waits) > ceiling * 0.8  # full jitter spreads over the whole range
+
+
+def test_poll_interval_follows_the_budget() -> None:
+    now = [0.0]
+    budget = Budget(10, 10.0, clock=lambda: now[0])
+    assert budget.poll_interval() == 2.0  # half the window's budget at most
+    for _ in range(8):
+        budget.try_acquire()  # others (charts, widgets) are busy with the key
+    assert budget.poll_interval() == pytest.approx(5.0)
+    assert Budget.unlimited().poll_interval() == ratelimit.MIN_POLL_INTERVAL
+    budget.penalize(60.0)  # after a 429 nothing is free: five times slower than at ease
+    assert budget.poll_interval() == pytest.approx(10.0)
+    assert Budget(1, 100.0).poll_interval() == ratelimit.MAX_POLL_INTERVAL  # capped
+
+
+def test_pacing_of_background_refreshers() -> None:
+    budget = Budget(10, 10.0)
+    assert budget.paced(1.0, 0.1) == pytest.approx(10.0)  # 10% of 10/10 s: one a 10 s
+    assert budget.paced(60.0, 0.2) == 60.0  # already slower than its share
+    assert budget.has_room()
+    for _ in range(6):
+        budget.try_acquire()
+    assert not budget.has_room()  # under half free: skip a beat
+    assert budget.has_room(reserve=0.4)
+    unlimited = Budget.unlimited()
+    assert unlimited.paced(0.5, 0.1) == 0.5 and unlimited.has_room()

@@ -10,7 +10,8 @@ import pytest
 from pgcloud_nb import waiters
 from pgcloud_nb.client import Client
 from pgcloud_nb.errors import UnexpectedStateError, WaitTimeout
-from pgcloud_nb.ratelimit import Budget
+from pgcloud_nb.models import PostgresService
+from pgcloud_nb.ratelimit import MIN_POLL_INTERVAL, Budget
 
 ORG, SID = "org", "22222222-2222-4222-8222-222222222222"
 
@@ -155,15 +156,20 @@ def test_progress_bar_shows_state_and_closes_on_interrupt(
     assert shown == ["creating"] and closed == [True]
 
 
-def test_poll_interval_follows_the_budget() -> None:
-    now = [0.0]
-    budget = Budget(10, 10.0, clock=lambda: now[0])
-    client = client_reading(svc("running"), budget=budget)
-    assert waiters.poll_interval(client) == 2.0  # half the window's budget at most
-    for _ in range(8):
-        budget.try_acquire()  # others (charts, widgets) are busy with the key
-    assert waiters.poll_interval(client) == pytest.approx(5.0)
-    assert waiters.poll_interval(client_reading(svc("running"))) == waiters.MIN_INTERVAL
+def test_a_wait_needs_only_the_budget_and_one_read(clock: Clock) -> None:
+    # waiters.WaitClient, not Client: anything with a budget and get_service can be waited on.
+    class Reader:
+        budget = Budget(10, 10.0, clock=clock)
+
+        def __init__(self) -> None:
+            self.states = iter(["creating", "creating", "running"])
+
+        def get_service(self, service_id: str) -> PostgresService:
+            return PostgresService.model_validate(svc(next(self.states)))
+
+    done = waiters.wait_for_state(Reader(), SID, progress=False)
+    assert done.state == "running"
+    assert clock.sleeps == [2.0, 2.0]  # the budget's poll interval: half its window's slots
 
 
 def test_polling_alone_stays_within_half_the_budget(clock: Clock) -> None:
@@ -179,7 +185,7 @@ def test_polling_alone_stays_within_half_the_budget(clock: Clock) -> None:
 
 def drive(job: Any, clock: Clock) -> Any:
     """Run a widget job to the end on the fake clock (calls inline, pauses on the clock)."""
-    from pgcloud_nb.widgets._runtime import Call
+    from pgcloud_nb.jobs import Call
 
     value: Any = None
     while True:
@@ -221,7 +227,7 @@ SCENARIOS = [
 def test_widget_wait_follows_the_same_rules(
     clock: Clock, state: str | None, answers: tuple[Any, ...], timeout: float
 ) -> None:
-    from pgcloud_nb.widgets._runtime import StatusLine, wait_job
+    from pgcloud_nb.jobs import StatusLine, wait_job
 
     blocking = client_reading(*answers)
     if state is None:
@@ -245,13 +251,12 @@ def test_widget_wait_follows_the_same_rules(
 
 def test_state_poll_decides_without_waiting(clock: Clock) -> None:
     from pgcloud_nb.errors import NotFoundError
-    from pgcloud_nb.models import PostgresService
 
     poll = waiters.StatePoll(SID, "running", timeout=60)
     gone = NotFoundError(404, "x", request_id="r")
     assert not poll.observe(gone) and poll.shown == "not found yet" and poll.service is None
     assert not poll.observe(PostgresService.model_validate(svc("creating")))
-    assert poll.shown == "creating" and poll.pause(waiters_client()) == waiters.MIN_INTERVAL
+    assert poll.shown == "creating" and poll.pause(waiters_client()) == MIN_POLL_INTERVAL
     assert poll.observe(PostgresService.model_validate(svc("running")))
     assert poll.service is not None and poll.service.state == "running"
     clock.now = waiters.NOT_FOUND_GRACE

@@ -22,8 +22,8 @@ import pytest
 
 from pgcloud_nb.client import Client
 from pgcloud_nb.errors import NotFoundError
+from pgcloud_nb.jobs import ErrorPanel, run_job
 from pgcloud_nb.models import PostgresService
-from pgcloud_nb.ratelimit import Budget
 from pgcloud_nb.spec import FieldError
 from pgcloud_nb.widgets import (
     ConfigEditor,
@@ -34,8 +34,7 @@ from pgcloud_nb.widgets import (
     TagEditor,
     write_connection_details,
 )
-from pgcloud_nb.widgets._inputs import config_value, parse_config_text, route_errors
-from pgcloud_nb.widgets._runtime import ErrorPanel, has_room, paced, run_job
+from pgcloud_nb.widgets.inputs import config_value, parse_config_text, route_errors
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -389,21 +388,6 @@ def test_fleet_auto_refresh_needs_a_loop_and_keeps_to_the_budget(pg: Client) -> 
     assert asyncio.run(scenario()) >= 3, table.errors.text
 
 
-def test_budget_pacing() -> None:
-    class FakeClient:
-        def __init__(self, budget: Budget) -> None:
-            self.budget = budget
-
-    real = FakeClient(Budget(10, 10.0))
-    assert paced(real, 1.0, 0.1) == pytest.approx(10.0)  # type: ignore[arg-type]
-    assert paced(real, 60.0, 0.2) == 60.0  # type: ignore[arg-type]
-    assert has_room(real)  # type: ignore[arg-type]
-    for _ in range(6):
-        real.budget.try_acquire()
-    assert not has_room(real)  # type: ignore[arg-type]  # under half free: skip a beat
-    assert paced(FakeClient(Budget.unlimited()), 0.5, 0.1) == 0.5  # type: ignore[arg-type]
-
-
 # -- pieces -----------------------------------------------------------------------------
 
 
@@ -417,7 +401,7 @@ def test_config_value_reads_like_clickhousectl() -> None:
 
 
 def test_route_errors_puts_each_error_by_its_field() -> None:
-    from pgcloud_nb.widgets._inputs import ErrorLabel
+    from pgcloud_nb.widgets.inputs import ErrorLabel
 
     labels = {"tags": ErrorLabel(), "tags[1]": ErrorLabel(), "name": ErrorLabel()}
     fallback = ErrorLabel()

@@ -13,11 +13,11 @@ without a loop they run to completion inside ``.click()``. No widget ever shows
 a password or connection string.
 """
 
-from ._inputs import write_connection_details
-from ._runtime import ErrorPanel
+from ..jobs import ErrorPanel
 from .config import ConfigEditor
 from .create import REGION_SUGGESTIONS, CreateForm
 from .fleet import FleetTable
+from .inputs import write_connection_details
 from .service import DeleteButton, ServicePicker, TagEditor
 
 __all__ = [

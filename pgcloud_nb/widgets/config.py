@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
+from ..jobs import Call, Job, wait_job
 from ..models import PostgresInstanceUpdateConfigResponse
 from ..spec import FieldError, pg_config_keys, validate_body
 from ..waiters import DEFAULT_TIMEOUT
-from ._inputs import ErrorLabel, body_block, config_value, route_errors
-from ._runtime import Call, Job, wait_job
+from .inputs import ErrorLabel, body_block, config_value, route_errors
 from .service import ServicePicker, ServiceWidget
 
 if TYPE_CHECKING:

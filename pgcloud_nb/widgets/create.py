@@ -11,21 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from ..models import PostgresService
-from ..sizes import SizeSpec, all_sizes
-from ..spec import FieldError, enum_values, validate_body
-from ..waiters import DEFAULT_TIMEOUT
-from ._inputs import (
-    ErrorLabel,
-    TagRows,
-    beside,
-    config_placeholder,
-    env_prefix,
-    parse_config_text,
-    route_errors,
-    write_connection_details,
-)
-from ._runtime import (
+from ..jobs import (
     Call,
     ErrorPanel,
     Job,
@@ -35,6 +21,20 @@ from ._runtime import (
     guarded,
     run_job,
     wait_job,
+)
+from ..models import PostgresService
+from ..sizes import SizeSpec, all_sizes
+from ..spec import FieldError, enum_values, validate_body
+from ..waiters import DEFAULT_TIMEOUT
+from .inputs import (
+    ErrorLabel,
+    TagRows,
+    beside,
+    config_placeholder,
+    env_prefix,
+    parse_config_text,
+    route_errors,
+    write_connection_details,
 )
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class CreateForm(widgets.VBox):
     ``pg_config``) or by hand, then click ``submit``. The body is validated
     against the spec's ``PostgresServicePostRequest`` first; errors appear beside
     their fields and nothing is sent. After the create, ``status`` follows the
-    state until ``running`` (a task on the kernel's loop; see ``_runtime``).
+    state until ``running`` (a task on the kernel's loop; see :mod:`pgcloud_nb.jobs`).
 
     The create response holds the only copy of the password the API will ever
     send. The form keeps it in :attr:`service` (masked ``SecretStr``) and never

@@ -8,20 +8,18 @@ import ipywidgets as widgets
 import pandas as pd
 
 from ..frames import services_frame
-from ..spec import enum_values
-from ._runtime import (
+from ..jobs import (
     ErrorPanel,
     Job,
     StatusLine,
     cancel,
     close_children,
     guarded,
-    has_room,
-    paced,
     poll_job,
     require_loop,
     run_job,
 )
+from ..spec import enum_values
 
 if TYPE_CHECKING:
     import asyncio
@@ -161,12 +159,12 @@ class FleetTable(widgets.VBox):
         self.task = run_job(self._auto_job(), self.errors)
 
     def _auto_job(self) -> Job[None]:
-        yield paced(self.client, self.interval, BUDGET_SHARE)  # refresh() just ran
+        yield self.client.budget.paced(self.interval, BUDGET_SHARE)  # refresh() just ran
         yield from poll_job(
             self.client.list_services,
             self.show,
-            interval=lambda: paced(self.client, self.interval, BUDGET_SHARE),
-            room=lambda: has_room(self.client),
+            interval=lambda: self.client.budget.paced(self.interval, BUDGET_SHARE),
+            room=self.client.budget.has_room,
             panel=self.errors,
         )
 

@@ -12,11 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from ..models import PostgresServiceListItem
-from ..spec import validate_body
-from ..waiters import DEFAULT_TIMEOUT
-from ._inputs import ErrorLabel, TagRows, body_block, route_errors
-from ._runtime import (
+from ..jobs import (
     Call,
     ErrorPanel,
     Job,
@@ -27,6 +23,10 @@ from ._runtime import (
     run_job,
     wait_job,
 )
+from ..models import PostgresServiceListItem
+from ..spec import validate_body
+from ..waiters import DEFAULT_TIMEOUT
+from .inputs import ErrorLabel, TagRows, body_block, route_errors
 
 if TYPE_CHECKING:
     import asyncio

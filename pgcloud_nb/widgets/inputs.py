@@ -19,9 +19,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from ..jobs import close_children
 from ..models import PostgresService
 from ..spec import FieldError, pg_config_keys
-from ._runtime import close_children
 
 __all__ = [
     "ErrorLabel",

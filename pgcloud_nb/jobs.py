@@ -1,4 +1,4 @@
-"""What every widget shares: the error panel, the job runner and budget pacing.
+"""What the widgets and the live charts share: the error panel and the job runner.
 
 **Errors.** ipywidgets sends an exception raised in a callback to the kernel
 log, where nobody sees it. :func:`guarded` wraps every callback so that the
@@ -21,6 +21,15 @@ nor run cells. So a long action is written as a *job*, a generator that yields
   set ``.value``, ``.click()``, assert).
 
 Both paths run the same coroutine, so tests exercise the code the kernel runs.
+How often a job may call the API is for the key's budget to say: see
+:meth:`~pgcloud_nb.ratelimit.Budget.paced` and
+:meth:`~pgcloud_nb.ratelimit.Budget.has_room`.
+
+**Closing.** A widget that is closed stops its task (:func:`cancel`) and
+closes its children (:func:`close_children`), so nothing it started outlives it.
+
+This module sits beside :mod:`pgcloud_nb.widgets` and :mod:`pgcloud_nb.charts`,
+not inside either, and ``import pgcloud_nb`` never loads it (nor ipywidgets).
 """
 
 from __future__ import annotations
@@ -32,18 +41,14 @@ import html
 import traceback
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
 import ipywidgets as widgets
 
-from ..errors import APIError, PgCloudError
-from ..models import PostgresService
-from ..redaction import redact
-from ..waiters import DEFAULT_TIMEOUT, StatePoll
-
-if TYPE_CHECKING:
-    from ..client import Client
+from .errors import APIError, PgCloudError
+from .models import PostgresService
+from .redaction import redact
+from .waiters import DEFAULT_TIMEOUT, StatePoll, WaitClient
 
 __all__ = [
     "Call",
@@ -53,9 +58,6 @@ __all__ = [
     "cancel",
     "close_children",
     "guarded",
-    "has_room",
-    "is_sandbox",
-    "paced",
     "poll_job",
     "require_loop",
     "run_job",
@@ -218,7 +220,7 @@ _TASKS: set[asyncio.Task[None]] = set()
 
 
 def wait_job(
-    client: Client,
+    client: WaitClient,
     service_id: str,
     state: str | None = "running",
     *,
@@ -254,10 +256,11 @@ def poll_job(
 ) -> Job[None]:
     """Forever: ``apply(fetch())``, then pause ``interval()`` seconds (auto-refreshers).
 
-    While ``room()`` says the shared budget is short (see :func:`has_room`), the
-    beat waits, asking again every second (asking costs no request). An API
-    failure is shown in ``panel`` without ending the loop: the next beat may
-    well succeed. Cancel the task to stop it.
+    While ``room()`` says the shared budget is short (see
+    :meth:`~pgcloud_nb.ratelimit.Budget.has_room`), the beat waits, asking again
+    every second (asking costs no request). An API failure is shown in ``panel``
+    without ending the loop: the next beat may well succeed. Cancel the task to
+    stop it.
     """
     while True:
         if not room():
@@ -283,33 +286,7 @@ def require_loop(what: str) -> None:
         ) from None
 
 
-# -- the request budget ------------------------------------------------------------
-
-
-def is_sandbox(client: Client) -> bool:
-    """Whether the client talks to a local sandbox (loopback URL or resolved as one)."""
-    host = urlsplit(client.base_url).hostname or ""
-    return client.source == "sandbox" or host in ("localhost", "127.0.0.1", "::1")
-
-
-def paced(client: Client, interval: float, share: float) -> float:
-    """``interval``, lengthened so that this poller alone uses at most ``share`` of the budget."""
-    budget = client.budget
-    if not budget.limit:
-        return interval
-    return max(interval, budget.window / (budget.limit * share))
-
-
-def has_room(client: Client, reserve: float = 0.5) -> bool:
-    """Whether a background refresh may spend a request now.
-
-    Auto-refreshers (fleet table, charts) skip a beat when less than ``reserve``
-    of the window is free, so the user's own calls and waits keep their share.
-    """
-    budget = client.budget
-    if not budget.limit:
-        return True
-    return budget.delay() == 0 and budget.remaining() >= budget.limit * reserve
+# -- closing ------------------------------------------------------------------------
 
 
 def close_children(widget: widgets.Widget) -> None:
