@@ -16,17 +16,15 @@ The JSON ``/metrics`` endpoint has its frame in :func:`pgcloud_nb.frames.metrics
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
 
+from .errors import NotFoundError
 from .frames import services_frame
 from .prometheus import TS_DTYPE, label_columns, parse_prometheus
-
-if TYPE_CHECKING:
-    from .history import History
 
 __all__ = [
     "ORG_PROMETHEUS_LIMIT",
@@ -201,7 +199,14 @@ class _FleetClient(Protocol):
     def prometheus(self, service_id: str | None = None) -> str: ...
 
 
-def fleet_snapshot(client: _FleetClient, *, history: History | None = None) -> pd.DataFrame:
+class _Scrapes(Protocol):
+    # What fleet_snapshot asks of a pgcloud_nb.history.History (which imports this module).
+    def add(self, scrape: pd.DataFrame) -> int: ...
+
+    def derived(self, last: int | None = None) -> pd.DataFrame: ...
+
+
+def fleet_snapshot(client: _FleetClient, *, history: _Scrapes | None = None) -> pd.DataFrame:
     """Services × their latest key metrics, in 2 requests for up to 100 services.
 
     The list endpoint gives the services, and the org Prometheus endpoint the
@@ -216,8 +221,6 @@ def fleet_snapshot(client: _FleetClient, *, history: History | None = None) -> p
     last two scrapes (``cpu_percent``, ``commits_per_s``…) join the frame.
     ``attrs["requests"]`` is the number of requests the snapshot cost.
     """
-    from .errors import NotFoundError
-
     before = client.request_count
     services = list(client.list_services())
     now = pd.Timestamp.now(tz="UTC")

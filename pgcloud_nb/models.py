@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Self
@@ -45,6 +46,8 @@ __all__ = [
     "ResourceTagsV1",
     "ServiceState",
     "Tag",
+    "Tags",
+    "bouncer_payload",
     "tags_payload",
 ]
 
@@ -181,17 +184,26 @@ class ResourceTagsV1(ApiModel):
 Tag = ResourceTagsV1
 
 
-def tags_payload(tags: dict[str, str] | list[Any] | None) -> list[dict[str, str]] | None:
-    """Tags given as a dict, or a list of Tag / dicts, in the API's list form."""
+# Tags as users give them: a mapping, or a list of Tag / {"key", "value"} dicts.
+Tags = Mapping[str, str] | list[ResourceTagsV1] | list[dict[str, str]]
+
+
+def tags_payload(tags: Tags | None) -> list[dict[str, str]] | None:
+    """Tags given as a mapping, or a list of Tag / dicts, in the API's list form."""
     if tags is None:
         return None
-    if isinstance(tags, dict):
+    if isinstance(tags, Mapping):
         return [{"key": str(k), "value": str(v)} for k, v in tags.items()]
     out = []
     for tag in tags:
         item = tag if isinstance(tag, ResourceTagsV1) else ResourceTagsV1.model_validate(tag)
         out.append(item.model_dump(by_alias=True, exclude_none=True, include={"key", "value"}))
     return out
+
+
+def bouncer_payload(config: Mapping[str, Any]) -> dict[str, str]:
+    """PgBouncer settings in the API's form: every value a string (users may give numbers)."""
+    return {k: str(v) for k, v in config.items()}
 
 
 class _ServiceBase(ApiModel):

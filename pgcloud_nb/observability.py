@@ -1,7 +1,8 @@
 """Read-only observability calls: metrics JSON, slow query patterns, logs, Prometheus text.
 
-A mixin of :class:`~pgcloud_nb.client.Client`, kept apart so the client module
-stays about the service lifecycle. Dates accept a ``datetime`` (naive = local
+A group of :class:`~pgcloud_nb.client.Client`'s operations (see
+:mod:`pgcloud_nb.clientbase`), kept apart so the client module stays about the
+service lifecycle. Dates accept a ``datetime`` (naive = local
 time), an RFC 3339 string, or a ``timedelta`` meaning "that long ago".
 """
 
@@ -10,26 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from .clientbase import ClientBase
 from .models import (
     PostgresLogEntry,
     PostgresMetrics,
     PostgresSlowQueryPattern,
     PostgresSlowQueryPatternDetail,
 )
-from .requester import Requester, When, iso_time, parse_model, parse_models
+from .requester import When, iso_time, parse_model, parse_models
 
 __all__ = ["Observability"]
 
 
-class Observability:
-    """Mixin: needs ``_req`` and ``_path`` from the Client."""
-
-    _req: Requester
-
-    def _path(self, service_id: str | None = None, *tail: str) -> str:
-        raise NotImplementedError
-
-    # -- observability -----------------------------------------------------------------------
+class Observability(ClientBase):
+    """Metrics (JSON), slow query patterns and their executions, logs, Prometheus text."""
 
     def metrics(
         self,

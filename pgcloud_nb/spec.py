@@ -25,7 +25,6 @@ __all__ = ["FieldError", "enum_values", "load", "pg_config_keys", "schema", "val
 
 _URI = "urn:pgcloud-nb:managed-postgres-openapi"
 SPEC_FILE = "managed-postgres-openapi.yml"
-PROMETHEUS_SPEC_FILE = "prometheus-openapi.yml"
 
 
 @dataclass(frozen=True, slots=True)
