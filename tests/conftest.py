@@ -1,4 +1,4 @@
-"""Shared fixtures: real sandboxes in throwaway homes.
+"""Shared fixtures: real sandboxes in throwaway homes, and the run's figures.
 
 Three flavours, each started once per session: ``sandbox`` with the rate limit
 off (most tests), ``limited_sandbox`` with the real API's 10 requests per 10 s,
@@ -7,6 +7,7 @@ and ``faulty_sandbox`` where 20% of answers fail (500/503/429/dropped).
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,25 @@ import pgcloud_nb
 from pgcloud_nb.client import Client
 from pgcloud_nb.ratelimit import Budget
 from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+FIGURES: dict[str, str] = {}
+
+
+@pytest.fixture
+def figures() -> dict[str, str]:
+    """Name → value (with its unit): printed in the terminal summary, kept in test-artifacts/."""
+    return FIGURES
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.section("pgcloud-nb figures")
+    for name, value in FIGURES.items():
+        terminalreporter.write_line(f"{name}: {value}")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "figures.json").write_text(json.dumps(FIGURES, indent=1) + "\n")
 
 
 def _start(tmp_root: Path, name: str, **knobs: object) -> tuple[Sandbox, SandboxInfo]:
