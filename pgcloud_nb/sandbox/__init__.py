@@ -14,14 +14,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pgcloud_nb.sandbox.launcher import Sandbox, SandboxError, SandboxInfo, ensure_running
+    from pgcloud_nb.sandbox.errors import SandboxError
+    from pgcloud_nb.sandbox.launcher import Sandbox, SandboxInfo, ensure_running
     from pgcloud_nb.sandbox.settings import Settings
 
 __all__ = ["Sandbox", "SandboxError", "SandboxInfo", "Settings", "ensure_running"]
 
 _WHERE = {
     "Sandbox": "launcher",
-    "SandboxError": "launcher",
+    "SandboxError": "errors",
     "SandboxInfo": "launcher",
     "ensure_running": "launcher",
     "Settings": "settings",

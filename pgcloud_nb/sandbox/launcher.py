@@ -34,6 +34,7 @@ from typing import IO
 import httpx
 
 from pgcloud_nb.sandbox.api.realism import PROBE_HEADER
+from pgcloud_nb.sandbox.errors import SandboxError
 from pgcloud_nb.sandbox.home import SandboxHome
 from pgcloud_nb.sandbox.postgres import osuser
 from pgcloud_nb.sandbox.settings import Settings
@@ -43,7 +44,6 @@ __all__ = [
     "DEFAULT_APP",
     "EXIT_LOCKED",
     "Sandbox",
-    "SandboxError",
     "SandboxInfo",
     "ensure_running",
 ]
@@ -54,10 +54,6 @@ DEFAULT_APP = "pgcloud_nb.sandbox.api.app:create_app"
 EXIT_LOCKED = 75
 LOCK_WAIT = 3.0  # a server waits this long for the lock: a Sandbox may be peeking at it
 LOG_KEEP = 5 * 1024 * 1024  # server.log is rotated to server.log.1 past this size at start
-
-
-class SandboxError(RuntimeError):
-    """The sandbox server could not be started or reached."""
 
 
 @dataclass(frozen=True)

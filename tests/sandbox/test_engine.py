@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from cryptography import x509
 
-from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError
+from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError, PgBinariesNotFound
 from pgcloud_nb.sandbox.postgres import binaries, certs
 from pgcloud_nb.sandbox.postgres.cluster import Cluster, free_port, stop_all
 from pgcloud_nb.sandbox.postgres.conffiles import USER_CONF
@@ -30,7 +30,7 @@ HOST = "svc-1234abcd.pgtest.c0.us-east-1.aws.pg.clickhouse.cloud"
 
 try:
     binaries.find_bindir()
-except binaries.PgBinariesNotFound as e:  # pragma: no cover - machines without PostgreSQL
+except PgBinariesNotFound as e:  # pragma: no cover - machines without PostgreSQL
     pytest.skip(f"no PostgreSQL: {e}", allow_module_level=True)
 
 
@@ -293,7 +293,7 @@ def test_find_bindir_names_what_was_tried(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv(binaries.ENV_BINDIR, str(bindir))
     assert binaries.find_bindir() == bindir.resolve()
     monkeypatch.setenv(binaries.ENV_BINDIR, "/nonexistent/bin")
-    with pytest.raises(binaries.PgBinariesNotFound, match="PGCLOUD_SANDBOX_PG_BINDIR"):
+    with pytest.raises(PgBinariesNotFound, match="PGCLOUD_SANDBOX_PG_BINDIR"):
         binaries.find_bindir()
 
 

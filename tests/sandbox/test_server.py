@@ -25,11 +25,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pgcloud_nb.sandbox.errors import SandboxError
 from pgcloud_nb.sandbox.launcher import (
     EXIT_LOCKED,
     LOCK_WAIT,
     Sandbox,
-    SandboxError,
     SandboxInfo,
     _pid_alive,
 )

@@ -5,7 +5,7 @@ Sources (API-NOTES §5.11, §5.12):
 - **Patterns** are pg_stat_statements' statements, one per (queryid, database,
   user), with the normalized text it keeps (literals are ``$n``). It has no
   time dimension, so the sandbox reads it every ``sample_interval`` and at each
-  request (:class:`~pgcloud_nb.sandbox.insights.statements.Snapshots`); a window's
+  request (:mod:`pgcloud_nb.sandbox.services.querystats`); a window's
   figures are what accrued between the snapshots at its ends, and a pattern is
   listed when it ran (or failed) in the window. Counters from before the
   sandbox's first snapshot count in the first window that reaches it; a
@@ -40,36 +40,31 @@ pg_stat_statements' utility tracking and statement logging off (:mod:`postgres.p
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from datetime import timedelta
 from typing import Any
 
-import psycopg
 from starlette.requests import Request
+from starlette.responses import Response
 
-from pgcloud_nb.sandbox.api.wire import APIError, bad_request, parse_date, parse_int
+from pgcloud_nb.sandbox.api.access import Access
+from pgcloud_nb.sandbox.api.wire import bad_request, ok, parse_date, parse_int
+from pgcloud_nb.sandbox.errors import HTTPProblem
 from pgcloud_nb.sandbox.insights.executions import Activity, activity_by_key, execution, us
-from pgcloud_nb.sandbox.insights.logs import SEVERITIES, LogIndex, LogQuery
+from pgcloud_nb.sandbox.insights.logs import SEVERITIES, LogQuery
 from pgcloud_nb.sandbox.insights.statements import (
     OPERATIONS,
     Counters,
     Key,
-    Snapshots,
     Statement,
     db_operation,
     duration_quantiles,
-    read_statements,
 )
-from pgcloud_nb.sandbox.services.lifecycle import Conflict, Lifecycle
+from pgcloud_nb.sandbox.services.lifecycle import Lifecycle
 from pgcloud_nb.sandbox.store import ServiceRow
 
-__all__ = ["SORT_KEYS", "Insights"]
+__all__ = ["SORT_KEYS", "InsightRoutes"]
 
-log = logging.getLogger("pgcloud_nb.sandbox")
-
-APP_NAME = "pgcloud-nb-insights"  # how the sandbox's own reads show up in the patterns
 RECENT = 50  # executions in a pattern's detail
 LOG_WINDOW = timedelta(days=30)
 # sort_by → the pattern's field (spec enum of slowQueryPatternsGetList).
@@ -176,63 +171,26 @@ def _pattern(
     }
 
 
-# -- the service-facing part ---------------------------------------------------------
+# -- the routes ---------------------------------------------------------------------
 
 
-class Insights:
-    """Patterns and logs of every service: the snapshots and log indexes they need."""
+class InsightRoutes:
+    """Slow query patterns, one pattern's detail, and the logs of a service."""
 
-    def __init__(self, life: Lifecycle) -> None:
+    def __init__(self, access: Access, life: Lifecycle) -> None:
+        self.access = access
         self.life = life
-        self.snapshots = Snapshots()
-        self._logs: dict[str, LogIndex] = {}
 
-    def logs_of(self, row: ServiceRow) -> LogIndex:
-        found = self._logs.get(row.id)
-        if found is None:
-            found = self._logs[row.id] = LogIndex(self.life.cluster(row).log_dir)
-        return found
+    async def logs(self, request: Request) -> Response:
+        row = self.access.service(request)
+        return ok(await self.life.log_entries(row, log_query(request)))
 
-    def _read(self, row: ServiceRow, text: bool) -> tuple[list[Statement], float | None]:
-        """Read pg_stat_statements now (and keep it as a snapshot), and the log threshold."""
-        with self.life.cluster(row).connect(application_name=APP_NAME) as conn:
-            statements = read_statements(conn, text=text)
-            found = conn.execute(
-                "SELECT setting::float8 FROM pg_settings"
-                " WHERE name = 'auto_explain.log_min_duration'"
-            ).fetchone()
-        self.snapshots.record(row.id, time.time(), statements)
-        threshold = float(found[0]) if found else -1.0
-        return statements, threshold if threshold >= 0 else None
+    async def query_patterns(self, request: Request) -> Response:
+        return ok(await self.patterns(self.access.service(request), request))
 
-    async def _read_now(self, row: ServiceRow) -> tuple[list[Statement], float | None]:
-        self.life.require_running(row, "reading query statistics")
-        try:
-            return await self.life.run(self._read, row, True)
-        except psycopg.OperationalError:
-            raise Conflict("The server is not accepting connections right now.") from None
-
-    async def snapshot_forever(self) -> None:
-        """Read every running service's counters every sample_interval, forever."""
-        while True:
-            rows = self.life.store.rows()
-            for row in rows:
-                if row.state == "running":
-                    try:
-                        await self.life.run(self._read, row, False)
-                    except Exception as exc:  # mid-restart, or just deleted
-                        log.debug("query statistics of %s not read: %s", row.id, exc)
-            ids = {r.id for r in rows}
-            self.snapshots.keep_only(ids, time.time())
-            for gone in self._logs.keys() - ids:
-                del self._logs[gone]
-            await asyncio.sleep(self.life.settings.sample_interval)
-
-    # -- the three operations --
-
-    async def logs(self, row: ServiceRow, request: Request) -> list[dict[str, Any]]:
-        query = log_query(request)
-        return await self.life.run(self.logs_of(row).entries, query)
+    async def query_pattern(self, request: Request) -> Response:
+        row = self.access.service(request)
+        return ok(await self.pattern(row, request.path_params["query_id"], request))
 
     async def patterns(self, row: ServiceRow, request: Request) -> list[dict[str, Any]]:
         start, end = _window(request)
@@ -247,12 +205,12 @@ class Insights:
         limit = parse_int(request, "limit", minimum=1, maximum=500) or 20
         offset = parse_int(request, "offset", minimum=0) or 0
 
-        statements, threshold = await self._read_now(row)
-        records = await self.life.run(self.logs_of(row).records, start, end)
+        statements, threshold = await self.life.statements(row)
+        records = await self.life.log_records(row, start, end)
         seen = activity_by_key(records)
         found = []
         for st in statements:
-            got = self.snapshots.window(row.id, st.key, start, end)
+            got = self.life.statement_window(row, st.key, start, end)
             activity = seen.get(st.key) or Activity()
             if st.text is None or not (got.calls or activity.lines):
                 continue
@@ -275,18 +233,18 @@ class Insights:
         app = _text(request, "app")
         at = parse_date(request, "timestamp", required=False)
 
-        statements, threshold = await self._read_now(row)
+        statements, threshold = await self.life.statements(row)
         st = next((s for s in statements if s.key == key and s.text is not None), None)
         if st is None or db_operation(st.text or "") != op:
-            raise APIError(
+            raise HTTPProblem(
                 404,
                 f"NOT_FOUND: slow query pattern {raw_id} not found for db_name={key.db_name},"
                 f" db_user={key.db_user}, db_operation={op}",
             )
         now = time.time() + 1  # everything since pg_stat_statements' reset
-        records = await self.life.run(self.logs_of(row).records, 0.0, now, query_id)
+        records = await self.life.log_records(row, 0.0, now, query_id)
         activity = activity_by_key(records).get(key, Activity())  # this db and user only
-        got = self.snapshots.window(row.id, key, 0.0, now)
+        got = self.life.statement_window(row, key, 0.0, now)
         aggregate = _pattern(st, op, got, activity, threshold)
         role = "primary" if row.is_primary else "standby"
         lines = [

@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from pgcloud_nb import spec
+from pgcloud_nb.sandbox.errors import HTTPProblem
 
 __all__ = [
-    "APIError",
     "bad_request",
     "envelope",
     "json_body",
@@ -27,14 +27,6 @@ __all__ = [
     "parse_date",
     "parse_int",
 ]
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 def envelope(status: int, *, result: Any = None, error: str | None = None) -> dict[str, Any]:
@@ -50,8 +42,8 @@ def ok(result: Any = None) -> JSONResponse:
     return JSONResponse(envelope(200, result=result))
 
 
-def bad_request(message: str) -> APIError:
-    return APIError(400, message)
+def bad_request(message: str) -> HTTPProblem:
+    return HTTPProblem(400, message)
 
 
 # -- request parsing ----------------------------------------------------------
@@ -116,7 +108,7 @@ async def json_body_config(request: Request) -> dict[str, Any]:
     ``"pgBouncerConfig":{}`` do, although the spec says minProperties 1."""
     try:
         return await json_body(request, "postgresInstanceConfig")
-    except APIError as exc:
+    except HTTPProblem as exc:
         # Only a JSON object sent as JSON gets the second, lenient look; a wrong
         # content type, bad JSON or a non-object stays the 400 json_body gave.
         if "json" not in request.headers.get("content-type", "").lower():

@@ -26,14 +26,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-__all__ = ["ENV_BINDIR", "PgBinariesNotFound", "find_bindir", "server_major"]
+from pgcloud_nb.sandbox.errors import PgBinariesNotFound
+
+__all__ = ["ENV_BINDIR", "find_bindir", "server_major"]
 
 ENV_BINDIR = "PGCLOUD_SANDBOX_PG_BINDIR"
 REQUIRED = ("initdb", "pg_ctl", "postgres")
-
-
-class PgBinariesNotFound(RuntimeError):
-    """No folder with initdb, pg_ctl and postgres was found."""
 
 
 def _missing(bindir: Path) -> list[str]:

@@ -50,7 +50,7 @@ from typing import Any
 
 import psycopg
 
-from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError
+from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError, PgBinariesNotFound
 from pgcloud_nb.sandbox.postgres import binaries, certs, conffiles, datadir, osuser, passwords
 from pgcloud_nb.sandbox.postgres.conffiles import (
     BASE_CONF,
@@ -497,7 +497,7 @@ def _clusters_below(clusters_dir: Path) -> Iterator[Cluster]:
 def find_bindir() -> Path:
     try:
         return binaries.find_bindir()
-    except binaries.PgBinariesNotFound as e:
+    except PgBinariesNotFound as e:
         raise EngineError(str(e)) from e
 
 

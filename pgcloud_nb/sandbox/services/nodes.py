@@ -7,7 +7,7 @@ clusters folder:
   at first; ``ServiceRow.node`` names another after a switchover;
 - its HA standbys (``<id>.s1``, ``<id>.s2``; ``ServiceRow.standbys``), internal
   servers that are not services of the API (API-NOTES §3.1 ``pgHaType``).
-  They sit beside the service folders so ``engine.stop_all`` (``sandbox stop``)
+  They sit beside the service folders so ``cluster.stop_all`` (``sandbox stop``)
   finds them as it finds every ``*/pgdata``;
 - its WAL archive and base backups, ``.backups/<id>`` (:mod:`services.backups`).
 
@@ -84,6 +84,12 @@ class Layout:
         found = [self.clusters_dir / row.id, *self.clusters_dir.glob(f"{row.id}.s*")]
         keep = self.folders(row)
         return [Cluster(p, 0) for p in found if p.is_dir() and p.name not in keep]
+
+    def remove_all(self, row: ServiceRow) -> None:
+        """Every node (standbys first: they follow the primary), then the backups."""
+        for node in [*self.standbys(row), *self.strays(row), self.primary(row)]:
+            node.remove()
+        self.archive(row.id).remove()
 
     # -- settings per role (the extra lines of each node's base settings file)
 

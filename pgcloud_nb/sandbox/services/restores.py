@@ -35,11 +35,11 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 
-from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError
+from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError, RequestRefused
 from pgcloud_nb.sandbox.postgres.cluster import Cluster
 from pgcloud_nb.sandbox.postgres.datadir import copy
 from pgcloud_nb.sandbox.postgres.replication import (
@@ -49,13 +49,14 @@ from pgcloud_nb.sandbox.postgres.replication import (
     wait_caught_up,
 )
 from pgcloud_nb.sandbox.services.backups import Archive, BaseBackup
+from pgcloud_nb.sandbox.services.context import Context, require_running
+from pgcloud_nb.sandbox.services.naming import make_hostname
 from pgcloud_nb.sandbox.services.nodes import REPLICATION
+from pgcloud_nb.sandbox.services.schedule import BackupSchedule
+from pgcloud_nb.sandbox.services.standbys import Standbys
 from pgcloud_nb.sandbox.store import ServiceRow
 
-if TYPE_CHECKING:
-    from pgcloud_nb.sandbox.services.lifecycle import Lifecycle
-
-__all__ = ["RESTORING", "RequestRefused", "Restores"]
+__all__ = ["RESTORING", "Restores"]
 
 log = logging.getLogger("pgcloud_nb.sandbox")
 
@@ -69,22 +70,15 @@ REPLAY_TIMEOUT_S = 1800.0
 CATCH_UP_S = 120.0
 
 
-class RequestRefused(Exception):
-    """The request cannot be honoured as asked: answered as 400 with this message, in
-    the API's wording (``BAD_REQUEST: …``, or the live text for a replica too early)."""
-
-
 class Restores:
-    def __init__(self, life: Lifecycle) -> None:
-        self.life = life
+    def __init__(self, ctx: Context, backups: BackupSchedule, ha: Standbys) -> None:
+        self.ctx = ctx
+        self.backups = backups
+        self.ha = ha
 
     # -- the requests
 
     def _new_row(self, source: ServiceRow, body: dict[str, Any], **kw: Any) -> ServiceRow:
-        from pgcloud_nb.sandbox.services.lifecycle import (
-            make_hostname,  # the lifecycle imports this module
-        )
-
         service_id = str(uuid.uuid4())
         row = ServiceRow(
             id=service_id,
@@ -98,13 +92,13 @@ class Restores:
             created_at=datetime.now(UTC).replace(microsecond=0).isoformat(),
             hostname=make_hostname(body["name"], service_id, source.region, source.provider),
             username=source.username,
-            port=self.life.free_port(),
+            port=self.ctx.free_port(),
             pg_config={k: str(v) for k, v in body.get("pgConfig", source.pg_config).items()},
             pg_bouncer_config=dict(body.get("pgBouncerConfig", source.pg_bouncer_config)),
             parent_id=source.id,
             **kw,
         )
-        return self.life.store.insert(row)
+        return self.ctx.store.insert(row)
 
     def start_restore(self, source: ServiceRow, body: dict[str, Any]) -> ServiceRow:
         """Check the target against the retained window, record the new service, start."""
@@ -116,7 +110,7 @@ class Restores:
             is_primary=True,
             restore_target=target.isoformat(),
         )
-        self.life.spawn(self.restore(row.id), f"restore {row.id}")
+        self.ctx.spawn(self.restore(row.id), f"restore {row.id}")
         return row
 
     def check_target(self, source: ServiceRow, raw: str) -> datetime:
@@ -152,15 +146,15 @@ class Restores:
         if primary.earliest_restore is None or primary.state != "running":
             raise RequestRefused(NO_BACKUPS)
         row = self._new_row(primary, body, state="creating", is_primary=False)
-        self.life.spawn(self.replicate(row.id), f"replica {row.id}")
+        self.ctx.spawn(self.replicate(row.id), f"replica {row.id}")
         return row
 
     def resumes(self, row: ServiceRow) -> bool:
         """Restart a restore or replica build cut short (by a crash); False if not one."""
         if row.state in RESTORING and row.restore_target:
-            self.life.spawn(self.restore(row.id), f"restore {row.id}")
+            self.ctx.spawn(self.restore(row.id), f"restore {row.id}")
         elif not row.is_primary and row.state in REPLICA_BUILDING:
-            self.life.spawn(self.replicate(row.id), f"replica {row.id}")
+            self.ctx.spawn(self.replicate(row.id), f"replica {row.id}")
         else:
             return False
         return True
@@ -174,39 +168,40 @@ class Restores:
         await self._make(service_id, REPLICA_BUILDING, self._replicate)
 
     async def _make(self, service_id: str, states: tuple[str, ...], build: Any) -> None:
-        life = self.life
-        async with life.lock(service_id):
-            row = life.store.get(service_id)
+        ctx = self.ctx
+        async with ctx.lock(service_id):
+            row = ctx.store.get(service_id)
             if row is None or row.state not in states:
                 return
             try:
-                await life.run(build, row)
+                await ctx.run(build, row)
             except Exception as exc:
                 log.error("making service %s failed; removing it: %s", service_id, exc)
-                await life.run(life._remove_files, row)
-                life.store.delete(service_id)
+                await ctx.run(ctx.layout.remove_all, row)
+                ctx.store.delete(service_id)
                 return
-            life.store.update(
+            ctx.store.update(
                 service_id,
                 state="running",
                 restore_target=None,
                 parent_id=row.parent_id if not row.is_primary else None,
             )
-            life.backups.refresh(service_id)
-        if row.is_primary:
-            life.after_running(service_id)
+            self.backups.refresh(service_id)
+        if row.is_primary:  # a new primary's first base backup, then its HA standbys
+            self.backups.take_soon(service_id)
+            self.ha.reconcile_soon(service_id)
 
     def _source(self, row: ServiceRow) -> ServiceRow:
-        source = self.life.parent(row)
+        source = self.ctx.parent(row)
         if source is None:
             raise EngineError(f"the source of {row.id} no longer exists")
         return source
 
     def _fresh(self, row: ServiceRow, backup: BaseBackup, extra: dict[str, str]) -> Cluster:
         """The new service's node as a copy of ``backup``, with its own name's certificate."""
-        cluster = self.life.cluster(row)
+        cluster = self.ctx.cluster(row)
         cluster.remove()  # from scratch, also when redoing a step cut short
-        archive = self.life.layout.archive(row.id)
+        archive = self.ctx.layout.archive(row.id)
         archive.remove()
         archive.ensure()
         settings = {**REPLICATION, **archive.settings(), **extra}
@@ -215,16 +210,16 @@ class Restores:
         return cluster
 
     def _restore(self, row: ServiceRow) -> None:
-        store = self.life.store
+        store = self.ctx.store
         if row.state != "finalizing_restore":
             source = self._source(row)
-            archive = self.life.layout.archive(source.id)
+            archive = self.ctx.layout.archive(source.id)
             assert row.restore_target is not None
             target = datetime.fromisoformat(row.restore_target)
             store.update(row.id, state="restoring_backup")
             if source.state == "running":
                 try:  # the archive must hold a commit after the target (Archive.flush)
-                    archive.flush(self.life.cluster(source))
+                    archive.flush(self.ctx.cluster(source))
                 except Exception as exc:
                     log.warning("could not flush the WAL of %s: %s", source.id, exc)
             backup = archive.latest_before(target.timestamp())
@@ -242,7 +237,7 @@ class Restores:
         """Recover a copy of ``backup`` up to ``target``; False if the WAL ended before it."""
         cluster = self._fresh(row, backup, restore_settings(source.wal_dir, target))
         cluster.set_signal("recovery")
-        self.life.store.update(row.id, state="replaying_wal")
+        self.ctx.store.update(row.id, state="replaying_wal")
         deadline = time.monotonic() + REPLAY_TIMEOUT_S
         try:
             cluster.start(timeout=REPLAY_TIMEOUT_S)
@@ -259,14 +254,14 @@ class Restores:
 
     def _finalize(self, row: ServiceRow) -> None:
         """A promoted restore: its own settings, the asked configuration, a first backup."""
-        cluster = self.life.cluster(row)
+        cluster = self.ctx.cluster(row)
         cluster.set_signal(None)
-        cluster.write_base_conf(self.life.layout.primary_settings(row))
+        cluster.write_base_conf(self.ctx.layout.primary_settings(row))
         if not cluster.is_running():
             cluster.start(timeout=REPLAY_TIMEOUT_S)
         cluster.reload()
         self._configure(cluster, row, self._source(row).pg_config)
-        self.life.layout.archive(row.id).take(cluster)
+        self.ctx.layout.archive(row.id).take(cluster)
 
     def _configure(self, cluster: Cluster, row: ServiceRow, fallback: dict[str, str]) -> None:
         """Apply the asked pgConfig. One this server refuses (e.g. a newer major's
@@ -277,24 +272,24 @@ class Restores:
         except ConfigValueError as exc:
             log.warning("pgConfig of %s refused (%s); keeping the source's", row.id, exc)
             cluster.apply_config(fallback)
-            self.life.store.update(row.id, pg_config=fallback)
+            self.ctx.store.update(row.id, pg_config=fallback)
         if cluster.pending_restart():
             cluster.restart()
 
     def _replicate(self, row: ServiceRow) -> None:
-        life = self.life
+        ctx = self.ctx
         parent = self._source(row)
-        found = life.layout.archive(parent.id).backups()
+        found = ctx.layout.archive(parent.id).backups()
         if not found:
             raise EngineError(NO_BACKUPS)
-        life.store.update(row.id, state="restoring_backup")
-        cluster = self._fresh(row, found[-1], life.layout.replica_settings(row, parent))
+        ctx.store.update(row.id, state="restoring_backup")
+        cluster = self._fresh(row, found[-1], ctx.layout.replica_settings(row, parent))
         cluster.set_signal("standby")
-        life.store.update(row.id, state="replaying_wal")
+        ctx.store.update(row.id, state="replaying_wal")
         cluster.start(timeout=REPLAY_TIMEOUT_S)
         self._configure(cluster, row, parent.pg_config)
         try:
-            caught_up = wait_caught_up(life.cluster(parent), cluster, CATCH_UP_S)
+            caught_up = wait_caught_up(ctx.cluster(parent), cluster, CATCH_UP_S)
         except psycopg.OperationalError as exc:  # the primary restarting meanwhile
             caught_up = False
             log.warning("replica %s: %s", row.id, exc)
@@ -305,14 +300,14 @@ class Restores:
 
     async def promote(self, row: ServiceRow) -> ServiceRow:
         """A replica becomes a writable primary of its own, with its own backups."""
-        life = self.life
-        life.require_running(row, "a promotion")
-        async with life.lock(row.id):
-            cluster = life.cluster(row)
-            await life.run(promote, cluster)
-            promoted = life.store.update(row.id, is_primary=True, parent_id=None)
+        ctx = self.ctx
+        require_running(row, "a promotion")
+        async with ctx.lock(row.id):
+            cluster = ctx.cluster(row)
+            await ctx.run(promote, cluster)
+            promoted = ctx.store.update(row.id, is_primary=True, parent_id=None)
             assert promoted is not None
-            if await life.run(cluster.write_base_conf, life.layout.primary_settings(promoted)):
-                await life.run(cluster.reload)
-        life.spawn(life.backups.take(row.id, force=True), f"first backup {row.id}")
+            if await ctx.run(cluster.write_base_conf, ctx.layout.primary_settings(promoted)):
+                await ctx.run(cluster.reload)
+        self.backups.take_soon(row.id, force=True)
         return promoted

@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from pgcloud_nb.sandbox.services.lifecycle import Lifecycle
+from pgcloud_nb.sandbox.services.context import Context
 
 __all__ = ["BackupSchedule"]
 
@@ -28,45 +26,50 @@ TICK_S = 5.0
 
 
 class BackupSchedule:
-    def __init__(self, life: Lifecycle) -> None:
-        self.life = life
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
     def due(self, last: float | None) -> bool:
-        return last is None or time.time() - last >= self.life.settings.backup_interval
+        return last is None or time.time() - last >= self.ctx.settings.backup_interval
+
+    def take_soon(self, service_id: str, *, force: bool = False) -> None:
+        """A service's first base backup, in the background (see :meth:`take`)."""
+        self.ctx.spawn(self.take(service_id, force=force), f"first backup {service_id}")
 
     async def take(self, service_id: str, *, force: bool = False) -> None:
         """A base backup of a running primary, if one is due (or ``force``)."""
-        life = self.life
-        async with life.lock(service_id):
-            row = life.store.get(service_id)
+        ctx = self.ctx
+        async with ctx.lock(service_id):
+            row = ctx.store.get(service_id)
             if row is None or row.state != "running" or not row.is_primary:
                 return
             if not force and not self.due(row.last_backup_at):
                 return
-            archive = life.layout.archive(service_id)
+            archive = ctx.layout.archive(service_id)
             try:
-                await life.run(archive.take, life.cluster(row))
-                await life.run(archive.prune, life.settings.backup_retention)
+                await ctx.run(archive.take, ctx.cluster(row))
+                await ctx.run(archive.prune, ctx.settings.backup_retention)
             except Exception as exc:
                 log.error("base backup of %s failed: %s", service_id, exc)
             self.refresh(service_id)
 
     def refresh(self, service_id: str) -> None:
         """Copy what the archive holds into the store (what the API shows)."""
-        found = self.life.layout.archive(service_id).backups()
-        self.life.store.update(
+        found = self.ctx.layout.archive(service_id).backups()
+        self.ctx.store.update(
             service_id,
             earliest_restore=found[0].ended.isoformat() if found else None,
             last_backup_at=found[-1].ended_at if found else None,
         )
 
     async def forever(self) -> None:
-        for row in self.life.store.rows():
+        store = self.ctx.store
+        for row in store.rows():
             self.refresh(row.id)
-        tick = min(TICK_S, self.life.settings.backup_interval)
+        tick = min(TICK_S, self.ctx.settings.backup_interval)
         while True:
             try:
-                for row in self.life.store.rows():
+                for row in store.rows():
                     if row.state == "running" and row.is_primary and self.due(row.last_backup_at):
                         await self.take(row.id)
             except Exception:  # one bad round must not end the schedule

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pgcloud_nb.sandbox.errors import EngineError
 from pgcloud_nb.sandbox.postgres.cluster import Cluster
@@ -42,11 +42,9 @@ from pgcloud_nb.sandbox.postgres.replication import (
     wait_received,
     wait_streaming,
 )
+from pgcloud_nb.sandbox.services.context import Context
 from pgcloud_nb.sandbox.services.nodes import HA_STANDBYS, label
 from pgcloud_nb.sandbox.store import ServiceRow
-
-if TYPE_CHECKING:
-    from pgcloud_nb.sandbox.services.lifecycle import Lifecycle
 
 __all__ = ["Standbys"]
 
@@ -57,23 +55,27 @@ HANDOFF_WAIT_S = 10.0  # how long the standby may take to receive the old primar
 
 
 class Standbys:
-    def __init__(self, life: Lifecycle) -> None:
-        self.life = life
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
     # -- making them match haType
 
+    def reconcile_soon(self, service_id: str) -> None:
+        """:meth:`reconcile` in the background: the service stays running meanwhile."""
+        self.ctx.spawn(self.reconcile(service_id), f"standbys {service_id}")
+
     async def reconcile(self, service_id: str) -> None:
-        async with self.life.lock(service_id):
-            row = self.life.store.get(service_id)
+        async with self.ctx.lock(service_id):
+            row = self.ctx.store.get(service_id)
             if row is None or row.state != "running" or not row.is_primary:
                 return
             try:
-                await self.life.run(self._reconcile, row)
+                await self.ctx.run(self._reconcile, row)
             except Exception as exc:
                 log.error("HA standbys of %s: %s", service_id, exc)
 
     def _reconcile(self, row: ServiceRow) -> None:
-        life, layout = self.life, self.life.layout
+        ctx, layout = self.ctx, self.ctx.layout
         for stray in layout.strays(row):  # a standby cut short by a crash
             stray.remove()
         want = HA_STANDBYS.get(row.ha_type, 0)
@@ -87,36 +89,36 @@ class Standbys:
             self._start_standby(row, entry)
         while len(row.standbys) < want:
             folder = layout.free_folder(row)
-            entry = {"dir": folder, "port": life.free_port()}
+            entry = {"dir": folder, "port": ctx.free_port()}
             self._build(row, entry)
             row = self._store(row, standbys=[*row.standbys, entry])
         self._configure_primary(row)
 
     def _store(self, row: ServiceRow, **changes: Any) -> ServiceRow:
-        updated = self.life.store.update(row.id, **changes)
+        updated = self.ctx.store.update(row.id, **changes)
         return updated if updated is not None else replace(row, **changes)
 
     def _configure_primary(self, row: ServiceRow) -> None:
-        primary = self.life.cluster(row)
-        if primary.write_base_conf(self.life.layout.primary_settings(row)):
+        primary = self.ctx.cluster(row)
+        if primary.write_base_conf(self.ctx.layout.primary_settings(row)):
             primary.reload()
 
     def _start_standby(self, row: ServiceRow, entry: dict[str, Any]) -> None:
         """Start a recorded standby, in the standby role whatever it was before."""
-        node = self.life.layout.standby(entry)
+        node = self.ctx.layout.standby(entry)
         if node.is_running():
             return
-        node.write_base_conf(self.life.layout.standby_settings(row, str(entry["dir"])))
+        node.write_base_conf(self.ctx.layout.standby_settings(row, str(entry["dir"])))
         node.set_signal("standby")
         node.start(timeout=120)
 
     def _build(self, row: ServiceRow, entry: dict[str, Any]) -> None:
         """A new standby copied from the running primary with pg_basebackup."""
-        primary = self.life.cluster(row)
-        node = self.life.layout.standby(entry)
+        primary = self.ctx.cluster(row)
+        node = self.ctx.layout.standby(entry)
         node.remove()
         try:
-            settings = self.life.layout.standby_settings(row, str(entry["dir"]))
+            settings = self.ctx.layout.standby_settings(row, str(entry["dir"]))
             node.init_from(lambda pgdata: base_backup(primary, pgdata, stream=True), settings)
             self._join(row, node, str(entry["dir"]))
         except BaseException:
@@ -124,10 +126,10 @@ class Standbys:
             raise
 
     def _join(self, row: ServiceRow, node: Cluster, folder: str) -> None:
-        node.copy_identity(self.life.cluster(row))
+        node.copy_identity(self.ctx.cluster(row))
         node.set_signal("standby")
         node.start(timeout=120)
-        if not wait_streaming(self.life.cluster(row), label(folder), STREAM_WAIT_S):
+        if not wait_streaming(self.ctx.cluster(row), label(folder), STREAM_WAIT_S):
             raise EngineError(f"standby {folder} does not stream from its primary")
 
     # -- switchover
@@ -135,13 +137,13 @@ class Standbys:
     async def switchover(self, row: ServiceRow) -> None:
         """Called by the lifecycle under the service's lock (see the module docstring)."""
         try:
-            await self.life.run(self._switchover, row)
+            await self.ctx.run(self._switchover, row)
         except Exception as exc:
             log.error("switchover of %s failed: %s", row.id, exc)
 
     def _switchover(self, row: ServiceRow) -> None:
-        life, layout = self.life, self.life.layout
-        old, entry = life.cluster(row), row.standbys[0]
+        ctx, layout = self.ctx, self.ctx.layout
+        old, entry = ctx.cluster(row), row.standbys[0]
         old_folder, new_folder = row.node or row.id, str(entry["dir"])
         standby = layout.standby(entry)
         began = time.monotonic()
@@ -157,7 +159,7 @@ class Standbys:
         )
         promote(standby)
         standby.stop("fast")
-        new = life.cluster(swapped)  # the same folder, on the service's port
+        new = ctx.cluster(swapped)  # the same folder, on the service's port
         new.write_base_conf(layout.primary_settings(swapped))
         new.start(timeout=120)
         log.info(
@@ -177,11 +179,11 @@ class Standbys:
     def repoint_followers(self, row: ServiceRow) -> None:
         """Point the other standbys and the read replicas at ``row``'s serving node
         (primary_conninfo reloads without a restart)."""
-        life, layout = self.life, self.life.layout
+        ctx, layout = self.ctx, self.ctx.layout
         targets = [
             (layout.standby(e), layout.standby_settings(row, str(e["dir"]))) for e in row.standbys
         ]
-        for replica in life.store.children(row.id):
+        for replica in ctx.store.children(row.id):
             if not replica.is_primary and replica.state == "running":
                 targets.append((layout.primary(replica), layout.replica_settings(replica, row)))
         for node, settings in targets:

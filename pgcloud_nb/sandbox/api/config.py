@@ -1,0 +1,45 @@
+"""The routes of a service's configuration: read it, replace it (POST) or merge into it (PATCH).
+
+A write answers with the whole configuration, plus the documented ``message``
+when some of it needs a restart to take effect (docs/api-behaviour.md, "The
+restart message"). A value PostgreSQL refuses changes nothing and is a 400
+naming the parameter.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pgcloud_nb.sandbox.api.access import Access
+from pgcloud_nb.sandbox.api.views import config_view, restart_message
+from pgcloud_nb.sandbox.api.wire import json_body_config, ok
+from pgcloud_nb.sandbox.services.lifecycle import Lifecycle
+
+__all__ = ["ConfigRoutes"]
+
+
+class ConfigRoutes:
+    def __init__(self, access: Access, life: Lifecycle) -> None:
+        self.access = access
+        self.life = life
+
+    async def get_config(self, request: Request) -> Response:
+        row = self.access.service(request)
+        return ok(config_view(row, await self.life.max_connections(row)))
+
+    async def write_config(self, request: Request) -> Response:
+        row = self.access.service(request)
+        body = await json_body_config(request)
+        pg = {k: str(v) for k, v in body["pgConfig"].items()}
+        bouncer = dict(body["pgBouncerConfig"])
+        if request.method == "PATCH":  # merge; POST replaces both sections
+            pg = {**row.pg_config, **pg}
+            bouncer = {**row.pg_bouncer_config, **bouncer}
+        pending = await self.life.apply_config(row, pg, bouncer)
+        updated = self.life.get(row.id)
+        assert updated is not None
+        result = config_view(updated, await self.life.max_connections(updated))
+        if pending:  # `message` only when a restart is needed (API-NOTES §5.9)
+            result["message"] = restart_message(pending)
+        return ok(result)
