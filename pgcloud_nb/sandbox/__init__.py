@@ -6,6 +6,15 @@
 
 Names are imported on first use, so ``import pgcloud_nb.sandbox`` pulls in
 neither starlette nor uvicorn; only the server process needs them.
+
+The rooms, top to bottom; each imports only rooms below it (no cycles, counting
+function-level and ``TYPE_CHECKING`` imports)::
+
+    launcher, __main__   start, find and stop the server process; the process itself
+    api/                 the Starlette app      -> services, telemetry, insights
+    services/            the lifecycle          -> postgres, telemetry, insights
+    postgres/            one real server;  telemetry/ metrics;  insights/ statement records
+    errors, settings, home, store              the bottom: they import none of the above
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Metrics of a sandbox service, measured on its real PostgreSQL server and processes.
 
-`collect` takes one `Sample` (:mod:`telemetry.samples`) of one server; `render_prometheus`
+`collect` takes one `Sample` (:mod:`telemetry.samples`) of one server. The
+other modules of the room shape samples into answers: `render_prometheus`
 (:mod:`telemetry.exposition`) turns the latest samples of many services into the
 Prometheus text of the two ``/prometheus`` endpoints; `metrics_json`
 (:mod:`telemetry.timeseries`) turns a run of samples into the bucketed ``/metrics``
 result (`PostgresMetrics`), with `plan_buckets` checking its window. This
-module holds the measuring and re-exports the rest, so callers import
-everything from here.
+module holds the measuring only.
 
 How each of the 22 metrics of the data sheet is derived:
 
@@ -78,22 +78,10 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from pgcloud_nb.sandbox.telemetry import procfs
-from pgcloud_nb.sandbox.telemetry.exposition import FAMILIES, ServiceLabels, render_prometheus
 from pgcloud_nb.sandbox.telemetry.samples import Sample
-from pgcloud_nb.sandbox.telemetry.timeseries import MAX_POINTS, metrics_json, plan_buckets
 from pgcloud_nb.sizes import SizeSpec
 
-__all__ = [
-    "FAMILIES",
-    "MAX_POINTS",
-    "ProcessCounters",
-    "Sample",
-    "ServiceLabels",
-    "collect",
-    "metrics_json",
-    "plan_buckets",
-    "render_prometheus",
-]
+__all__ = ["ProcessCounters", "collect"]
 
 _OP_BYTES = 4096  # one disk "operation" = one 4 KiB page reaching the block layer
 
