@@ -6,7 +6,7 @@ Usage::
                               [--provisioning-delay S] [--latency S]
                               [--fault KIND=SHARE ...] [--sample-interval S] [--seed N]
                               [--max-services N] [--backup-interval S]
-                              [--backup-retention S] [--timeout S]
+                              [--backup-retention S] [--regions R1,R2|*] [--timeout S]
     pgcloud-nb sandbox status [--home DIR] [--json]
     pgcloud-nb sandbox stop   [--home DIR] [--timeout S]
     pgcloud-nb sandbox env    [--home DIR]
@@ -16,7 +16,7 @@ Usage::
 Each flag overrides its ``PGCLOUD_SANDBOX_*`` variable (``_HOME``, ``_PORT``,
 ``_RATE_LIMIT``, ``_PROVISIONING_DELAY``, ``_LATENCY``, ``_FAULTS``,
 ``_SAMPLE_INTERVAL``, ``_SEED``, ``_MAX_SERVICES``, ``_BACKUP_INTERVAL``,
-``_BACKUP_RETENTION``). ``--fault`` repeats, or takes a comma list:
+``_BACKUP_RETENTION``, ``_REGIONS``). ``--fault`` repeats, or takes a comma list:
 ``--fault 500=0.05 --fault drop=0.02``. Kinds are 500, 503, 429 and drop.
 
 ``eval "$(pgcloud-nb sandbox env)"`` exports ``CLICKHOUSE_API_URL``,
@@ -68,7 +68,7 @@ from pgcloud_nb.sandbox.errors import PgBinariesNotFound
 from pgcloud_nb.sandbox.launcher import Sandbox, SandboxInfo
 from pgcloud_nb.sandbox.postgres import binaries
 from pgcloud_nb.sandbox.postgres.install import API_MAJORS, install
-from pgcloud_nb.sandbox.settings import Settings, parse_faults, parse_rate_limit
+from pgcloud_nb.sandbox.settings import Settings, parse_faults, parse_rate_limit, parse_regions
 
 __all__ = ["main"]
 
@@ -175,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds backups are kept (default 7 days)",
     )
+    start.add_argument(
+        "--regions",
+        type=_checked(parse_regions),
+        metavar="R1,R2|*",
+        help="regions accepted beyond the known ones, for every provider ('*': any)",
+    )
     start.add_argument("--timeout", type=_number(1), default=60.0, metavar="S")
 
     status = actions.add_parser("status", parents=[home], help="is it running? (exit 0 if so)")
@@ -216,6 +222,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "max_services",
         "backup_interval",
         "backup_retention",
+        "regions",
     )
     for name in knobs:
         over[name] = getattr(args, name, None)

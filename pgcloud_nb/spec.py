@@ -21,10 +21,25 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-__all__ = ["FieldError", "enum_values", "load", "pg_config_keys", "schema", "validate_body"]
+from pgcloud_nb.livecontract import overlaid
+
+__all__ = [
+    "UNKNOWN",
+    "FieldError",
+    "enum_values",
+    "load",
+    "pg_config_keys",
+    "schema",
+    "validate_body",
+]
 
 _URI = "urn:pgcloud-nb:managed-postgres-openapi"
 SPEC_FILE = "managed-postgres-openapi.yml"
+
+
+# An unknown property, as the live API words it: "request body property can't be
+# validated: <name>" (docs/api-behaviour.md, "The wording of 400 errors").
+UNKNOWN = "can't be validated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +50,8 @@ class FieldError:
     message: str
 
     def __str__(self) -> str:
+        if self.message == UNKNOWN:  # the live API's own wording for these
+            return f"request body property {UNKNOWN}: {self.field}"
         where = f"request body.{self.field}" if self.field else "request body"
         return f"BAD_REQUEST: {where}: {self.message}"
 
@@ -69,9 +86,25 @@ def pg_config_keys() -> dict[str, dict[str, Any]]:
 
 
 @cache
+def _live() -> dict[str, Any]:
+    """The spec with the live contract's overlay (:mod:`pgcloud_nb.livecontract`): what
+    request bodies are validated against."""
+    return overlaid(load())
+
+
+def _live_properties(name: str) -> dict[str, Any]:
+    schemas = _live()["components"]["schemas"]
+    node = schemas[name]
+    while "$ref" in node:
+        node = schemas[node["$ref"].rsplit("/", 1)[-1]]
+    found: dict[str, Any] = node.get("properties", {})
+    return found
+
+
+@cache
 def _registry() -> Registry:
     # Resolve "#/components/schemas/X" against the whole spec document.
-    doc = Resource.from_contents(load(), default_specification=DRAFT202012)
+    doc = Resource.from_contents(_live(), default_specification=DRAFT202012)
     return Registry().with_resource(_URI, doc)
 
 
@@ -114,6 +147,8 @@ def _describe(err: jsonschema.ValidationError) -> str:
 def validate_body(name: str, body: Any, *, required: tuple[str, ...] = ()) -> list[FieldError]:
     """Every problem with ``body`` against schema ``name``; empty when it is valid.
 
+    The schemas are the spec's with the live contract laid over them
+    (:mod:`pgcloud_nb.livecontract`: ``ipAccessList``, tags need a value).
     Beyond the schema: the body must be a JSON object (the spec's object schemas
     lack ``type: object``), and unknown top-level properties are refused, as the
     real API does ("request body property can't be validated: name").
@@ -123,10 +158,10 @@ def validate_body(name: str, body: Any, *, required: tuple[str, ...] = ()) -> li
     if not isinstance(body, dict):
         return [FieldError("", f"expected a JSON object, got {type(body).__name__}")]
     errors: list[FieldError] = []
-    known = _resolved(name).get("properties", {})
+    known = _live_properties(name)
     for key in body:
         if key not in known:
-            errors.append(FieldError(str(key), "unknown property"))
+            errors.append(FieldError(str(key), UNKNOWN))
     for key in required:
         if key not in body:
             errors.append(FieldError(key, "is required"))
@@ -139,7 +174,7 @@ def validate_body(name: str, body: Any, *, required: tuple[str, ...] = ()) -> li
         elif err.validator == "additionalProperties":
             known_here = err.schema.get("properties", {})
             for extra in (k for k in err.instance if k not in known_here):
-                errors.append(FieldError(_path([*path, extra]), "unknown property"))
+                errors.append(FieldError(_path([*path, extra]), UNKNOWN))
         else:
             errors.append(FieldError(_path(path), _describe(err)))
     # A field may break several rules; report each field once, first rule first.

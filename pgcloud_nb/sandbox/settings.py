@@ -8,10 +8,13 @@ start unless ``provisioning_delay`` asks for more.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from pgcloud_nb.regions import ANY
 
 __all__ = [
     "FAULT_KINDS",
@@ -19,8 +22,11 @@ __all__ = [
     "default_home",
     "parse_faults",
     "parse_rate_limit",
+    "parse_regions",
     "user_home",
 ]
+
+_REGION_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 # What a share of answers can be turned into: an HTTP status, or a dropped connection.
 FAULT_KINDS = ("500", "503", "429", "drop")
@@ -85,6 +91,16 @@ def parse_faults(text: str) -> dict[str, float]:
     return out
 
 
+def parse_regions(text: str) -> tuple[str, ...]:
+    """``"eu-north-1, ap-southeast-2"`` → the regions added to every provider's list;
+    ``"*"`` accepts every region (docs/api-behaviour.md, "Regions the sandbox accepts")."""
+    found = tuple(dict.fromkeys(r.strip() for r in text.split(",") if r.strip()))
+    for region in found:
+        if region != ANY and not _REGION_RE.fullmatch(region):
+            raise ValueError(f"a region is letters, digits and dashes (or '*'), got {region!r}")
+    return found
+
+
 def _path(raw: str) -> Path:
     return Path(raw).expanduser().resolve()
 
@@ -102,6 +118,7 @@ _ENV: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("PGCLOUD_SANDBOX_MAX_SERVICES", "max_services", int),
     ("PGCLOUD_SANDBOX_BACKUP_INTERVAL", "backup_interval", float),
     ("PGCLOUD_SANDBOX_BACKUP_RETENTION", "backup_retention", float),
+    ("PGCLOUD_SANDBOX_REGIONS", "regions", parse_regions),
 )
 
 
@@ -122,6 +139,8 @@ class Settings:
     # API-NOTES §5.6: a daily full backup, kept 7 days (Scale tier). Seconds.
     backup_interval: float = 24 * 3600.0
     backup_retention: float = 7 * 24 * 3600.0
+    # Regions accepted beyond pgcloud_nb.regions' list, for every provider; "*": any.
+    regions: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -160,6 +179,7 @@ class Settings:
             "PGCLOUD_SANDBOX_MAX_SERVICES": str(self.max_services),
             "PGCLOUD_SANDBOX_BACKUP_INTERVAL": str(self.backup_interval),
             "PGCLOUD_SANDBOX_BACKUP_RETENTION": str(self.backup_retention),
+            "PGCLOUD_SANDBOX_REGIONS": ",".join(self.regions),
         }
         if self.seed is not None:
             env["PGCLOUD_SANDBOX_SEED"] = str(self.seed)

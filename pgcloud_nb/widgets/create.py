@@ -23,6 +23,7 @@ from ..jobs import (
     wait_job,
 )
 from ..models import PostgresService
+from ..regions import REGIONS
 from ..sizes import SizeSpec, all_sizes
 from ..spec import FieldError, enum_values, validate_body
 from ..waiters import DEFAULT_TIMEOUT
@@ -46,23 +47,9 @@ if TYPE_CHECKING:
 
 __all__ = ["REGION_SUGGESTIONS", "CreateForm"]
 
-# The API publishes no region list (API-NOTES §4). AWS: the regions seen in the docs
-# and public samples first, then other common ones; GCP's are a guess [U]. Free text
-# wins: the field is a combobox, and an unknown region gets the API's own 400.
-REGION_SUGGESTIONS: dict[str, tuple[str, ...]] = {
-    "aws": (
-        "us-east-1",
-        "us-west-2",
-        "eu-west-1",
-        "eu-west-2",
-        "ap-northeast-2",
-        "us-east-2",
-        "eu-central-1",
-        "ap-southeast-1",
-        "ap-south-1",
-    ),
-    "gcp": ("us-central1", "us-east1", "europe-west4", "asia-southeast1"),
-}
+# Suggestions only: the field is a combobox, free text wins, and a region the API does
+# not serve gets its own 400. The list is the package's one (pgcloud_nb.regions).
+REGION_SUGGESTIONS: dict[str, tuple[str, ...]] = REGIONS
 _PREFERRED_FAMILY = {"aws": "r8gd"}  # the docs' own examples use r8gd.large
 _WIDE = widgets.Layout(width="30em")
 _AUTO = widgets.Layout(width="auto")

@@ -32,6 +32,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pgcloud_nb import regions
 from pgcloud_nb.sandbox.errors import Conflict, RequestRefused
 from pgcloud_nb.sandbox.insights.logs import LogQuery
 from pgcloud_nb.sandbox.insights.statements import Counters, Key, Statement
@@ -75,6 +76,13 @@ class Lifecycle:
 
     async def create(self, body: dict[str, Any]) -> tuple[ServiceRow, str]:
         """Record a new service (``creating``) and start making it; its password too."""
+        provider, region = body["provider"], body["region"]
+        if not regions.accepts(provider, region, self._ctx.settings.regions):
+            # docs/api-behaviour.md, "Regions": the real server refuses regions it does not serve.
+            raise RequestRefused(
+                f"BAD_REQUEST: request body.region: '{region}' is not a region"
+                f" Managed Postgres serves on {provider}"
+            )
         await self._check_new(body)
         return self._making.new_row(body)
 
