@@ -29,6 +29,7 @@ __all__ = [
     "ApiModel",
     "HaType",
     "OpenEnum",
+    "PostgresBackup",
     "PostgresInstanceConfig",
     "PostgresInstanceUpdateConfigResponse",
     "PostgresLogEntry",
@@ -389,3 +390,15 @@ class PostgresLogEntry(ApiModel):
     timestamp: UtcDatetime
     severity: str
     body: str
+
+
+class PostgresBackup(ApiModel):
+    """One base backup of the backups list, newest first (docs/api-behaviour.md,
+    "Backups list"). ``key``, ``status`` and ``last_modified`` are the live API's
+    fields; ``started_at`` and ``size_in_bytes`` come from the sandbox only."""
+
+    key: str | None = None
+    status: str | None = None
+    last_modified: UtcDatetime | None = None
+    started_at: UtcDatetime | None = None
+    size_in_bytes: int | None = None

@@ -13,6 +13,7 @@ from typing import Any
 
 from .clientbase import ClientBase
 from .models import (
+    PostgresBackup,
     PostgresLogEntry,
     PostgresMetrics,
     PostgresSlowQueryPattern,
@@ -138,6 +139,39 @@ class Observability(ClientBase):
     def logs(self, service_id: str, **kwargs: Any) -> list[PostgresLogEntry]:
         """Every log entry in the window (see :meth:`iter_logs` for the arguments)."""
         return list(self.iter_logs(service_id, **kwargs))
+
+    def iter_backups(
+        self, service_id: str, *, limit: int = 100, max_backups: int | None = None
+    ) -> Iterator[PostgresBackup]:
+        """The service's base backups, newest first, page after page (``nextCursor``).
+
+        ``limit`` is the page size the API takes (1–100). The backups list is newer
+        than the spec file (docs/api-behaviour.md, "Backups list").
+        """
+        if not 1 <= limit <= 100:
+            raise ValueError("limit must be 1..100 (the API's page size range)")
+        params: dict[str, Any] = {"limit": limit}
+        emitted, seen = 0, set[str]()
+        while True:
+            page = self._req.call(
+                "GET", self._path(service_id, "backups"), params=params, envelope=True
+            )
+            for item in parse_models(PostgresBackup, page.get("result")):
+                if max_backups is not None and emitted >= max_backups:
+                    return
+                emitted += 1
+                yield item
+            cursor = page.get("nextCursor")
+            if not isinstance(cursor, str) or not cursor or cursor in seen:
+                return  # the last page (or a server that would go round in circles)
+            seen.add(cursor)
+            params["cursor"] = cursor
+
+    def list_backups(
+        self, service_id: str, *, limit: int = 100, max_backups: int | None = None
+    ) -> list[PostgresBackup]:
+        """Every base backup of the service, newest first (see :meth:`iter_backups`)."""
+        return list(self.iter_backups(service_id, limit=limit, max_backups=max_backups))
 
     def prometheus(self, service_id: str | None = None) -> str:
         """Prometheus text exposition for one service, or the whole org when ``None``."""

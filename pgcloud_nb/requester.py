@@ -97,12 +97,14 @@ class Requester:
         result: bool = True,
         recover: Callable[[], Any] | None = None,
         gone_ok: bool = False,
+        envelope: bool = False,
     ) -> Any:
         """The envelope's ``result`` (or the text body when ``text``).
 
         ``result=False``: the answer has no result (DELETE). ``recover``: the call
         is not idempotent; see the module docstring. ``gone_ok``: a 404 after a
-        retried attempt means the first attempt did the job (DELETE).
+        retried attempt means the first attempt did the job (DELETE). ``envelope``: the
+        whole answer, for a list whose paging fields sit beside ``result`` (``nextCursor``).
         """
         params = {k: v for k, v in (params or {}).items() if v is not None}
         deadline = self.clock() + self.policy.deadline
@@ -133,7 +135,7 @@ class Requester:
                     self.clock() - started,
                 )
                 if status < 400:
-                    return self._parse(response, text=text, result=result)
+                    return self._parse(response, text=text, result=result, whole=envelope)
                 api_error = self._error(response)
                 if status == 404 and gone_ok and maybe_done:
                     return None
@@ -166,7 +168,9 @@ class Requester:
             log.info("retrying %s %s in %.1fs after: %s", method, path, wait, error)
             self.sleep(wait)
 
-    def _parse(self, response: httpx.Response, *, text: bool, result: bool) -> Any:
+    def _parse(
+        self, response: httpx.Response, *, text: bool, result: bool, whole: bool = False
+    ) -> Any:
         if text:
             return response.text
         url = str(response.request.url)
@@ -185,7 +189,7 @@ class Requester:
             )
         rid = body.get("requestId")
         self.last_request_id = rid if isinstance(rid, str) else None
-        return body.get("result")
+        return body if whole else body.get("result")
 
     def _error(self, response: httpx.Response) -> APIError:
         """The typed error for a status >= 400 (the stripe-style single mapping)."""

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from pgcloud_nb.sandbox.api import realism
 from pgcloud_nb.sandbox.api.access import Access
+from pgcloud_nb.sandbox.api.backups import BackupRoutes
 from pgcloud_nb.sandbox.api.config import ConfigRoutes
 from pgcloud_nb.sandbox.api.insights import InsightRoutes
 from pgcloud_nb.sandbox.api.metrics import MetricsRoutes
@@ -70,6 +71,7 @@ class SandboxAPI:
         config = ConfigRoutes(access, life)
         metrics = MetricsRoutes(access, life)
         insights = InsightRoutes(access, life)
+        backups = BackupRoutes(access, life)
 
         def authed(handler: Handler) -> Handler:
             async def wrapped(request: Request) -> Response:
@@ -96,6 +98,8 @@ class SandboxAPI:
             (SVC + "/prometheus", metrics.service_prometheus, ["GET"]),
             (SVC + "/readReplica", svc.read_replica, ["POST"]),
             (SVC + "/restoredService", svc.restored_service, ["POST"]),
+            # The live API's backups list, newer than the spec file (docs/api-behaviour.md).
+            (SVC + "/backups", backups.list_backups, ["GET"]),
             (SVC + "/slowQueryPatterns", insights.query_patterns, ["GET"]),
             (SVC + "/slowQueryPatterns/{query_id}", insights.query_pattern, ["GET"]),
             (SVC + "/logs", insights.logs, ["GET"]),

@@ -37,6 +37,7 @@ from pgcloud_nb.sandbox.errors import Conflict, RequestRefused
 from pgcloud_nb.sandbox.insights.logs import LogQuery
 from pgcloud_nb.sandbox.insights.statements import Counters, Key, Statement
 from pgcloud_nb.sandbox.postgres.cluster import check_settings, stop_all
+from pgcloud_nb.sandbox.services.catalog import BackupEntry, catalog
 from pgcloud_nb.sandbox.services.context import Context, require_running
 from pgcloud_nb.sandbox.services.naming import generate_password, rename_hostname
 from pgcloud_nb.sandbox.services.provisioning import Provisioning
@@ -259,6 +260,10 @@ class Lifecycle:
         updated = ctx.store.update(row.id, name=name, hostname=hostname)
         assert updated is not None
         return updated
+
+    async def backups(self, row: ServiceRow) -> list[BackupEntry]:
+        """The service's finished base backups, newest first (:mod:`.catalog`)."""
+        return await self._ctx.run(catalog, self._ctx.layout.archive(row.id))
 
     async def ca_certificate(self, row: ServiceRow) -> str:
         """The PEM of the CA that signed the service's server certificate."""
