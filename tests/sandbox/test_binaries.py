@@ -18,11 +18,13 @@ import sys
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from pgcloud_nb import cli
+from pgcloud_nb.client import Client
 from pgcloud_nb.sandbox.errors import PgBinariesNotFound
 from pgcloud_nb.sandbox.postgres import binaries, install
 from pgcloud_nb.sandbox.postgres.cluster import Cluster, free_port
@@ -405,3 +407,67 @@ def test_cli_install_postgres_is_idempotent(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit) as usage:  # only the API's majors
         cli.main(["sandbox", "install-postgres", "16"])
     assert usage.value.code == 2
+
+
+# ---------------------------------------------------------------------------- services
+
+
+def test_a_made_data_folder_keeps_its_major(places: dict[str, Path], fake: Fake) -> None:
+    """A service made on 18 while 17 was missing stays on 18 once 17 is installed."""
+    own18 = _install(places, fake, "home", 18, "18.6")
+    pgdata = places["home"] / "service" / "pgdata"
+    assert binaries.for_node(pgdata, 17, places["home"]).bindir == own18  # nearest: 18
+    pgdata.mkdir(parents=True)
+    (pgdata / "PG_VERSION").write_text("18\n")
+    own17 = _install(places, fake, "home", 17, "17.11")
+    assert binaries.for_node(pgdata.parent / "new", 17, places["home"]).bindir == own17
+    kept = binaries.for_node(pgdata, 17, places["home"])
+    assert kept.bindir == own18 and kept.made_by == 18
+    assert kept.summary() == (
+        "postgresVersion 17 runs on PostgreSQL 18.6, not 17: its data folder was made by "
+        "PostgreSQL 18, and a data folder runs only on the major that made it"
+    )
+    assert str(places["home"]) not in kept.summary()  # a service's log names no host path
+    (pgdata / "PG_VERSION").write_text("16\n")
+    with pytest.raises(PgBinariesNotFound, match="PostgreSQL 16"):
+        binaries.for_node(pgdata, 17, places["home"])
+
+
+@pytest.mark.parametrize("major", [17, 18])
+def test_a_service_runs_the_major_it_asked_for(
+    pg: Client, major: int, figures: dict[str, str]
+) -> None:
+    _real(major)
+    svc = pg.create_service(
+        name=f"v{major}-{secrets.token_hex(4)}",
+        region="us-east-1",
+        size="r8gd.large",
+        postgres_version=str(major),
+    )
+    try:
+        pg.wait(svc.id, progress=False, timeout=120)
+        with pg.connect_service(svc, autocommit=True) as conn:
+            row = conn.execute("select version()").fetchone()
+        assert row is not None
+        _RAN[major] = row[0].split()[1]
+        matched = sorted(m for m, v in _RAN.items() if v.startswith(f"{m}."))
+        ran = ", ".join(f"{m} on {v}" for m, v in _RAN.items())
+        figures["services whose select version() matches postgresVersion"] = (
+            f"{len(matched)} of {len(_RAN)} (ran: {ran})"
+        )
+        assert row[0].startswith(f"PostgreSQL {major}."), row
+        now = datetime.now(UTC)
+        said = pg.logs(
+            svc.id,
+            from_date=now - timedelta(minutes=10),
+            to_date=now + timedelta(minutes=1),
+            body_contains="pgcloud-nb sandbox:",
+        )
+        assert [e.body for e in said] == [
+            f"pgcloud-nb sandbox: postgresVersion {major} runs on PostgreSQL {row[0].split()[1]}"
+        ]
+    finally:
+        pg.delete_service(svc.id)
+
+
+_RAN: dict[int, str] = {}  # postgresVersion asked -> the version its server reports

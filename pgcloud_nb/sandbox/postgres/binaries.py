@@ -55,7 +55,9 @@ __all__ = [
     "Found",
     "available",
     "choose",
+    "datadir_major",
     "find_bindir",
+    "for_node",
     "install_roots",
     "missing",
     "server_major",
@@ -83,6 +85,7 @@ class Choice:
 
     found: Found
     requested: int | None
+    made_by: int | None = None  # set when an existing data folder decided (see for_node)
 
     @property
     def bindir(self) -> Path:
@@ -96,18 +99,39 @@ class Choice:
     def exact(self) -> bool:
         return self.requested is None or self.requested == self.major
 
+    def _why(self) -> str:
+        if self.found.origin == f"${ENV_BINDIR}":
+            return f"${ENV_BINDIR} is set"
+        if self.made_by is not None:
+            return (
+                f"its data folder was made by PostgreSQL {self.made_by}, "
+                "and a data folder runs only on the major that made it"
+            )
+        return (
+            f"{self.requested} is not installed; "
+            f"`pgcloud-nb sandbox install-postgres {self.requested}` adds it"
+        )
+
     def describe(self) -> str:
-        """One line for logs and status, e.g. "PostgreSQL 18.6 (sandbox install: …/18/bin)"."""
+        """One line for the sandbox's own output, e.g.
+        "PostgreSQL 18.6 (sandbox install: …/18/bin)"."""
         what = f"PostgreSQL {server_version(self.bindir)} ({self.found.origin}: {self.bindir})"
         if self.exact:
             return what
-        why = (
-            f"${ENV_BINDIR} is set"
-            if self.found.origin == f"${ENV_BINDIR}"
-            else f"{self.requested} is not installed; "
-            f"`pgcloud-nb sandbox install-postgres {self.requested}` adds it"
+        return f"{what}, not the requested {self.requested}: {self._why()}"
+
+    def summary(self) -> str:
+        """One line for a service's own log: no paths of this machine, e.g. "postgresVersion
+        17 runs on PostgreSQL 18.6, not 17: 17 is not installed; …"."""
+        version = server_version(self.bindir)
+        if self.requested is None:
+            return f"this server runs PostgreSQL {version}"
+        if self.exact:
+            return f"postgresVersion {self.requested} runs on PostgreSQL {version}"
+        return (
+            f"postgresVersion {self.requested} runs on PostgreSQL {version}, "
+            f"not {self.requested}: {self._why()}"
         )
-        return f"{what}, not the requested {self.requested}: {why}"
 
 
 def missing(bindir: Path) -> list[str]:
@@ -310,3 +334,26 @@ def choose(major: int | None = None, home: Path | None = None, *, exact: bool = 
 def find_bindir(major: int | None = None, home: Path | None = None) -> Path:
     """The bin folder to run ``major`` with (see :func:`choose`); any major when ``None``."""
     return choose(major, home).bindir
+
+
+def datadir_major(pgdata: Path) -> int | None:
+    """The major that made the data folder ``pgdata`` (its PG_VERSION), or None."""
+    try:
+        return int((pgdata / "PG_VERSION").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def for_node(pgdata: Path, requested: int | None = None, home: Path | None = None) -> Choice:
+    """The installation to run the server of ``pgdata`` with.
+
+    The major that made the data folder, exactly: PostgreSQL runs a data folder on
+    no other, so a service made on 18 while 17 was missing stays on 18 after 17 is
+    installed, and a copy (restore, replica, standby) runs on its source's major.
+    A folder not made yet gets :func:`choose` for ``requested``.
+    """
+    made = datadir_major(pgdata)
+    if made is None:
+        return choose(requested, home)
+    found = choose(made, home, exact=True).found
+    return Choice(found, requested, made_by=made if made != requested else None)

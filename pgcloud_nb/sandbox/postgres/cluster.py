@@ -106,12 +106,15 @@ def _lock_for(root: Path) -> threading.RLock:
 class Cluster:
     """One service's PostgreSQL server, living in ``root``. All methods block."""
 
-    def __init__(self, root: Path, port: int, *, bindir: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, port: int, *, bindir: Path | None = None, major: int | None = None
+    ) -> None:
         # Resolved once: PostgreSQL must get real paths (a symlinked home may sit in a 0700
         # folder the server's user cannot cross).
         self._root = Path(root).resolve()
         self._port = int(port)
         self._bindir = bindir
+        self._major = major  # the postgresVersion asked for: what a new data folder gets
         self._lock = _lock_for(self._root)
 
     def __repr__(self) -> str:
@@ -146,9 +149,14 @@ class Cluster:
 
     @property
     def bindir(self) -> Path:
-        if self._bindir is None:
-            self._bindir = find_bindir()
-        return self._bindir
+        """The binaries of the major that made the data folder (see ``binaries.for_node``);
+        before it exists, those of the major asked for, or the nearest one."""
+        if self._bindir is not None:
+            return self._bindir
+        bindir = find_bindir(self._major, self.pgdata)
+        if binaries.datadir_major(self.pgdata) is not None:
+            self._bindir = bindir  # made: fixed from now on
+        return bindir
 
     # -- making
 
@@ -494,20 +502,23 @@ def _clusters_below(clusters_dir: Path) -> Iterator[Cluster]:
         yield Cluster(pidfile.parent.parent, port)
 
 
-def find_bindir() -> Path:
+def find_bindir(major: int | None = None, pgdata: Path | None = None) -> Path:
+    """The binaries for ``major`` (or for the data folder ``pgdata``); EngineError if none."""
     try:
-        return binaries.find_bindir()
+        if pgdata is not None:
+            return binaries.for_node(pgdata, major).bindir
+        return binaries.find_bindir(major)
     except PgBinariesNotFound as e:
         raise EngineError(str(e)) from e
 
 
-def check_settings(settings: dict[str, str], template_dir: Path) -> None:
+def check_settings(settings: dict[str, str], template_dir: Path, major: int | None = None) -> None:
     """ConfigValueError for a value this PostgreSQL refuses, before any service exists.
 
     Checked against the template data folder, so a create, restore or replica with
     a bad pgConfig gets its 400 at once instead of a server that never starts.
     """
-    bindir = find_bindir()
+    bindir = find_bindir(major)
     applied, _ = conffiles.split_supported(bindir, settings)
     if applied:
         conffiles.check_values(bindir, datadir.template(bindir, template_dir), applied)

@@ -36,6 +36,7 @@ from pgcloud_nb import regions
 from pgcloud_nb.sandbox.errors import Conflict, RequestRefused
 from pgcloud_nb.sandbox.insights.logs import LogQuery
 from pgcloud_nb.sandbox.insights.statements import Counters, Key, Statement
+from pgcloud_nb.sandbox.postgres.binaries import datadir_major
 from pgcloud_nb.sandbox.postgres.cluster import check_settings, stop_all
 from pgcloud_nb.sandbox.services.catalog import BackupEntry, catalog
 from pgcloud_nb.sandbox.services.context import Context, require_running
@@ -84,20 +85,25 @@ class Lifecycle:
                 f"BAD_REQUEST: request body.region: '{region}' is not a region"
                 f" Managed Postgres serves on {provider}"
             )
-        await self._check_new(body)
+        # The docs call 17 the default when omitted (API-NOTES §4), as new_row records it.
+        await self._check_new(body, int(str(body.get("postgresVersion", "17"))))
         return self._making.new_row(body)
 
     async def restore(self, source: ServiceRow, body: dict[str, Any]) -> ServiceRow:
         """A new service holding ``source``'s data at ``restoreTarget``."""
-        await self._check_new(body)
+        await self._check_new(body, self._made_by(source))
         return self._restores.start_restore(source, body)
 
     async def replicate(self, primary: ServiceRow, body: dict[str, Any]) -> ServiceRow:
         """A new read replica following ``primary``."""
-        await self._check_new(body)
+        await self._check_new(body, self._made_by(primary))
         return self._restores.start_replica(primary, body)
 
-    async def _check_new(self, body: dict[str, Any]) -> None:
+    def _made_by(self, source: ServiceRow) -> int | None:
+        """The major of ``source``'s data, which a restore or replica copies."""
+        return datadir_major(self._ctx.cluster(source).pgdata)
+
+    async def _check_new(self, body: dict[str, Any], major: int | None) -> None:
         """Creates, restores and replicas all make a service (a real server) of the org;
         a pgConfig this PostgreSQL refuses is a 400 now, not a service that never starts."""
         limit = self._ctx.settings.max_services
@@ -107,7 +113,7 @@ class Lifecycle:
             )
         settings = {k: str(v) for k, v in body.get("pgConfig", {}).items()}
         if settings:
-            await self._ctx.run(check_settings, settings, self._ctx.template_dir)
+            await self._ctx.run(check_settings, settings, self._ctx.template_dir, major)
 
     # -- changes ------------------------------------------------------------
 

@@ -18,15 +18,24 @@ a primary (after a promotion or switchover it goes on where the old one left).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg import sql
+
+from pgcloud_nb.sandbox.errors import EngineError, PgBinariesNotFound
+from pgcloud_nb.sandbox.postgres.binaries import for_node
 from pgcloud_nb.sandbox.postgres.cluster import Cluster
 from pgcloud_nb.sandbox.postgres.replication import follow_settings
 from pgcloud_nb.sandbox.services.backups import Archive
 from pgcloud_nb.sandbox.store import ServiceRow
 
-__all__ = ["HA_STANDBYS", "Layout"]
+__all__ = ["HA_STANDBYS", "Layout", "announce", "major"]
+
+log = logging.getLogger("pgcloud_nb.sandbox")
+ANNOUNCER = "pgcloud-nb-sandbox"  # the application_name of announce()'s session
 
 # API-NOTES §3.1 pgHaType: async is 1 standby, sync is 2 acknowledged by at least 1.
 HA_STANDBYS = {"none": 0, "async": 1, "sync": 2}
@@ -50,14 +59,40 @@ def replica_label(row: ServiceRow) -> str:
     return f"replica_{row.id[:8]}"
 
 
+def major(row: ServiceRow) -> int | None:
+    """The PostgreSQL major the service asked for (``postgresVersion``)."""
+    return int(row.postgres_version) if row.postgres_version.isdigit() else None
+
+
+def announce(cluster: Cluster, row: ServiceRow) -> None:
+    """Say in the service's own log (what the logs API reads) which PostgreSQL runs it,
+    and why when that is not the ``postgresVersion`` asked for (docs/api-behaviour.md,
+    "The PostgreSQL major"). Called once a new or resumed node is up. The server
+    writes the line itself (RAISE LOG), so it is a jsonlog line like any other; it
+    names no path of this machine."""
+    try:
+        note = for_node(cluster.pgdata, major(row)).summary()
+        text = sql.SQL("DO $note$ BEGIN RAISE LOG '%', {}; END $note$")
+        with cluster.connect(application_name=ANNOUNCER) as conn:
+            conn.execute(text.format(sql.Literal(f"pgcloud-nb sandbox: {note}")))
+    except (PgBinariesNotFound, EngineError, psycopg.Error) as exc:
+        log.warning("service %s: could not log which PostgreSQL runs it: %s", row.id, exc)
+        return
+    log.info("service %s: %s", row.id, note)
+
+
 class Layout:
     def __init__(self, clusters_dir: Path) -> None:
         self.clusters_dir = clusters_dir
         self.archives_dir = clusters_dir / ".backups"
 
     def primary(self, row: ServiceRow) -> Cluster:
-        """The node serving the service's port (the only node of a plain service)."""
-        return Cluster(self.clusters_dir / (row.node or row.id), row.port)
+        """The node serving the service's port (the only node of a plain service).
+
+        A new one is made with the PostgreSQL major the service asked for (or the
+        nearest installed); once made, its data folder decides (``binaries.for_node``).
+        """
+        return Cluster(self.clusters_dir / (row.node or row.id), row.port, major=major(row))
 
     def standby(self, entry: dict[str, Any]) -> Cluster:
         return Cluster(self.clusters_dir / str(entry["dir"]), int(entry["port"]))

@@ -22,6 +22,7 @@ from pgcloud_nb.sandbox.errors import Conflict
 from pgcloud_nb.sandbox.postgres.cluster import Cluster
 from pgcloud_nb.sandbox.services.context import SETTLED, Context
 from pgcloud_nb.sandbox.services.naming import generate_password, make_hostname
+from pgcloud_nb.sandbox.services.nodes import announce
 from pgcloud_nb.sandbox.services.sampler import Sampler
 from pgcloud_nb.sandbox.services.schedule import BackupSchedule
 from pgcloud_nb.sandbox.services.standbys import Standbys
@@ -109,6 +110,7 @@ class Provisioning:
             cluster.apply_config(row.pg_config)
             if cluster.pending_restart():  # settings given at create take effect at once
                 cluster.restart()
+        announce(cluster, row)
 
     # -- delete
 
@@ -168,7 +170,9 @@ class Provisioning:
             # switchover cut short: see standbys.py).
             cluster.set_signal(None if row.is_primary else "standby")
             cluster.start()
+            announce(cluster, row)
         elif changed:
             cluster.reload()
             if cluster.pending_restart():
                 cluster.restart()
+                announce(cluster, row)

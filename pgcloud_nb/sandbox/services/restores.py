@@ -51,7 +51,7 @@ from pgcloud_nb.sandbox.postgres.replication import (
 from pgcloud_nb.sandbox.services.backups import Archive, BaseBackup
 from pgcloud_nb.sandbox.services.context import Context, require_running
 from pgcloud_nb.sandbox.services.naming import make_hostname
-from pgcloud_nb.sandbox.services.nodes import REPLICATION
+from pgcloud_nb.sandbox.services.nodes import REPLICATION, announce
 from pgcloud_nb.sandbox.services.schedule import BackupSchedule
 from pgcloud_nb.sandbox.services.standbys import Standbys
 from pgcloud_nb.sandbox.store import ServiceRow
@@ -187,6 +187,7 @@ class Restores:
                 parent_id=row.parent_id if not row.is_primary else None,
             )
             self.backups.refresh(service_id)
+            await ctx.run(announce, ctx.cluster(row), row)
         if row.is_primary:  # a new primary's first base backup, then its HA standbys
             self.backups.take_soon(service_id)
             self.ha.reconcile_soon(service_id)
