@@ -118,7 +118,8 @@ class Client(Provisioning, Configuration, Observability):
         body = {"password": given} if given is not None else {}
         if given:
             remember_secret(given)
-        data = self._req.call("PATCH", self._path(service_id, "password"), json=body)
+        # With a password sent, the answer carries none; its envelope may lack a result too.
+        data = self._req.call("PATCH", self._path(service_id, "password"), json=body, result=False)
         result = parse_model(PostgresServicePasswordResource, data or {})
         new = result.password or (SecretStr(given) if given else None)
         if new is not None:
@@ -128,7 +129,7 @@ class Client(Provisioning, Configuration, Observability):
 
     def ca_certificate(self, service_id: str) -> str:
         """The service's CA bundle (PEM text), for ``sslrootcert``."""
-        return str(self._req.call("GET", self._path(service_id, "caCertificates"), text=True))
+        return str(self._req.call("GET", self._path(service_id, "caCertificates")))
 
     # -- waiting and connecting --------------------------------------------------------------
 

@@ -176,4 +176,4 @@ class Observability(ClientBase):
     def prometheus(self, service_id: str | None = None) -> str:
         """Prometheus text exposition for one service, or the whole org when ``None``."""
         path = self._path(service_id, "prometheus") if service_id else self._path() + "/prometheus"
-        return str(self._req.call("GET", path, text=True))
+        return str(self._req.call("GET", path))

@@ -15,11 +15,18 @@ Retry rules:
   for what the lost call created, and only when it finds nothing is the call
   sent again.
 - any other 4xx: raised at once.
+
+What to ask for and how to read a success come from the embedded spec
+(:func:`pgcloud_nb.contract.operation`): the ``Accept`` header names the media types
+the operation declares (``application/x-pem-file`` for the CA bundle,
+``text/plain`` for Prometheus, JSON elsewhere), and a success whose declared
+type is not JSON is returned as text.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +37,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .__about__ import __version__
+from .contract import operation
 from .errors import (
     APIError,
     PgCloudError,
@@ -47,6 +55,11 @@ log = logging.getLogger("pgcloud_nb.http")
 
 M = TypeVar("M", bound=BaseModel)
 When = datetime | str | timedelta
+
+# JSON may escape a lone UTF-16 surrogate (\ud800); Python decodes it into a str no UTF-8
+# encoder (a notebook's output, pandas' Arrow strings) accepts.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Failures raised before a byte of the request left: resending can never duplicate anything.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
@@ -93,20 +106,23 @@ class Requester:
         *,
         params: dict[str, Any] | None = None,
         json: Any = None,
-        text: bool = False,
         result: bool = True,
         recover: Callable[[], Any] | None = None,
         gone_ok: bool = False,
         envelope: bool = False,
     ) -> Any:
-        """The envelope's ``result`` (or the text body when ``text``).
+        """The envelope's ``result``, or the text body of an operation that declares no JSON.
 
-        ``result=False``: the answer has no result (DELETE). ``recover``: the call
+        ``result=False``: the answer may come without a result (DELETE, and a
+        password reset that sent the password). ``recover``: the call
         is not idempotent; see the module docstring. ``gone_ok``: a 404 after a
         retried attempt means the first attempt did the job (DELETE). ``envelope``: the
         whole answer, for a list whose paging fields sit beside ``result`` (``nextCursor``).
         """
         params = {k: v for k, v in (params or {}).items() if v is not None}
+        op = operation(method, path)
+        text = op is not None and not op.json
+        headers = {"Accept": op.accept if op is not None else "application/json"}
         deadline = self.clock() + self.policy.deadline
         attempt = 0
         maybe_done = False  # an earlier attempt may have been served
@@ -118,7 +134,9 @@ class Requester:
             started = self.clock()
             wait: float | None = None
             try:
-                response = self._http.request(method, path, params=params, json=json)
+                response = self._http.request(
+                    method, path, params=params, json=json, headers=headers
+                )
             except httpx.HTTPError as exc:
                 sent = not isinstance(exc, _NOT_SENT)
                 error: PgCloudError = TransportError(
@@ -180,6 +198,8 @@ class Requester:
             raise UnexpectedResponseError(
                 "the answer is not JSON", status=response.status_code, body=response.text, url=url
             ) from None
+        if _SURROGATE_ESCAPE.search(response.content):
+            body = _without_surrogates(body)
         if not isinstance(body, dict) or (result and "result" not in body):
             raise UnexpectedResponseError(
                 "the answer is not the API's {status, requestId, result} envelope",
@@ -223,6 +243,17 @@ class Requester:
             body=response.text,
             **extra,
         )
+
+
+def _without_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate, in keys and strings, replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def iso_time(when: When) -> str:

@@ -3,6 +3,8 @@
 The official OpenAPI file ships inside the package (``pgcloud_nb/openapi/``), so
 the sandbox, the forms and the tests all validate against the same text the
 real API publishes, instead of a hand-copied set of rules that could drift.
+(:mod:`pgcloud_nb.contract` loads the files, and tells the client and the
+frames what each operation answers.)
 
 ``validate_body`` checks a request body against one schema and returns every
 problem as a :class:`FieldError` naming the field, in the API's own wording
@@ -17,10 +19,10 @@ from importlib import resources
 from typing import Any
 
 import jsonschema
-import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from pgcloud_nb.contract import SPEC_FILE, enum_values, load
 from pgcloud_nb.livecontract import overlaid
 
 __all__ = [
@@ -34,7 +36,6 @@ __all__ = [
 ]
 
 _URI = "urn:pgcloud-nb:managed-postgres-openapi"
-SPEC_FILE = "managed-postgres-openapi.yml"
 
 
 # An unknown property, as the live API words it: "request body property can't be
@@ -61,22 +62,10 @@ def spec_path(name: str = SPEC_FILE) -> str:
     return str(resources.files("pgcloud_nb") / "openapi" / name)
 
 
-@cache
-def load(name: str = SPEC_FILE) -> dict[str, Any]:
-    text = (resources.files("pgcloud_nb") / "openapi" / name).read_text("utf-8")
-    doc: dict[str, Any] = yaml.safe_load(text)
-    return doc
-
-
 def schema(name: str) -> dict[str, Any]:
     """One component schema, with ``$ref``s left for the validator to resolve."""
     found: dict[str, Any] = load()["components"]["schemas"][name]
     return found
-
-
-def enum_values(name: str) -> list[str]:
-    """The values of an enum component (``pgSize``, ``pgHaType``, …)."""
-    return list(schema(name)["enum"])
 
 
 def pg_config_keys() -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ import pytest
 
 from pgcloud_nb import redaction
 from pgcloud_nb.client import Client
+from pgcloud_nb.contract import operation
 from pgcloud_nb.errors import (
     APIError,
     AuthenticationError,
@@ -396,13 +397,25 @@ def test_state_commands(command: str) -> None:
 
 
 def test_reset_password_generated_and_supplied() -> None:
-    rec = Recorder(ok({"password": PASSWORD}), ok({}))
+    rec = Recorder(ok({"password": PASSWORD}), ok({}), ok())
     client, _ = make_client(rec)
     res = client.reset_password(SID)
     assert res.reveal_password() == PASSWORD and PASSWORD not in repr(res)
     assert client.knows_password(SID)
     client.reset_password(SID, "Chosen-Passw0rd-1")
-    assert rec.bodies() == [{}, {"password": "Chosen-Passw0rd-1"}]
+    # the spec makes the envelope's result optional: an answer without one is no error here
+    assert client.reset_password(SID, "Chosen-Passw0rd-2").password is None
+    bodies = [{}, {"password": "Chosen-Passw0rd-1"}, {"password": "Chosen-Passw0rd-2"}]
+    assert rec.bodies() == bodies
+
+
+def test_lone_surrogates_in_an_answer_are_repaired() -> None:
+    # "\\ud800" is legal JSON but no character: no notebook, log or Arrow string takes it.
+    body = b'{"status": 200, "result": {"id": "x", "name": "a\\ud800b", "x\\udfff": 1}}'
+    client, _ = make_client(Recorder(httpx.Response(200, content=body)))
+    svc = client.get_service(SID)
+    assert svc.name == "a\ufffdb" and svc.model_extra == {"x\ufffd": 1}
+    svc.model_dump_json()  # encodes
 
 
 def test_replica_and_restore() -> None:
@@ -454,6 +467,31 @@ def test_text_endpoints() -> None:
         f"{PG}/{SID}/prometheus",
         f"{PG}/prometheus",
     ]
+    # what each operation declares (the JSON error envelope stays acceptable)
+    assert [r.headers["accept"] for r in rec.requests] == [
+        "application/x-pem-file, application/json;q=0.5",
+        "text/plain, application/json;q=0.5",
+        "text/plain, application/json;q=0.5",
+    ]
+
+
+def test_a_strict_server_gets_the_types_it_declares() -> None:
+    # A server that answers 406 to an Accept leaving out the declared type serves every call.
+    def strict(request: httpx.Request) -> httpx.Response:
+        op = operation(request.method, request.url.path)
+        assert op is not None
+        accepted = [t.split(";")[0].strip() for t in request.headers["accept"].split(",")]
+        if not set(op.success_types) <= set(accepted):
+            return fail(406, "NOT_ACCEPTABLE")
+        if not op.json:
+            return httpx.Response(200, text="x 1\n", headers={"content-type": op.success_types[0]})
+        return ok(service() if request.method != "DELETE" else None)
+
+    client, _ = make_client(strict)
+    assert client.ca_certificate(SID) == "x 1\n"
+    assert client.prometheus(SID) == client.prometheus() == "x 1\n"
+    assert client.get_service(SID).id == SID
+    client.delete_service(SID)
 
 
 def test_metrics_and_slow_queries_parameters() -> None:
