@@ -2,8 +2,10 @@
 
 Attributes are snake_case with the API's camelCase as aliases (both accepted on
 input; ``model_dump(by_alias=True)`` gives the wire form). Every model keeps
-unknown fields (``extra="allow"``) because the API grows; enum-like fields use
-:class:`OpenEnum` subclasses, which accept values they do not know yet.
+unknown fields (``extra="allow"``) because the API grows. The field types are in
+:mod:`pgcloud_nb.apitypes`: enum-like fields use :class:`OpenEnum` subclasses,
+which accept values they do not know yet; integers, numbers, date-times and
+lists read whatever JSON Schema allows for them.
 
 ``password`` and ``connection_string`` are :class:`pydantic.SecretStr`: repr,
 str, ``_repr_html_`` and ``model_dump_json`` show ``**********``. Reveal them
@@ -16,13 +18,25 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Annotated, Any, Self
+from datetime import datetime
+from typing import Any, Self
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic.alias_generators import to_camel
 
+from .apitypes import (
+    BouncerSection,
+    ConfigSection,
+    Float,
+    HaType,
+    Int,
+    List,
+    OpenEnum,
+    Provider,
+    ServiceState,
+    Size,
+    UtcDatetime,
+)
 from .redaction import remember_secret
 
 __all__ = [
@@ -53,85 +67,13 @@ __all__ = [
 ]
 
 
-class OpenEnum(StrEnum):
-    """A str enum that accepts unknown values (the API adds states and sizes).
-
-    Known values are members (``ServiceState.RUNNING``); an unknown one becomes a
-    pseudo-member that still compares equal to its string, so ``svc.state ==
-    "hibernating"`` works and nothing breaks when the API grows.
-    """
-
-    @classmethod
-    def _missing_(cls, value: object) -> Any:
-        if not isinstance(value, str):
-            return None
-        member = str.__new__(cls, value)
-        member._name_ = re.sub(r"\W", "_", value).upper()
-        member._value_ = value
-        return member
-
-    @property
-    def known(self) -> bool:
-        """False for a value this version of pgcloud_nb has not heard of."""
-        return self._name_ in type(self).__members__
-
-
-class ServiceState(OpenEnum):
-    """``pgStateProperty`` (API-NOTES §6)."""
-
-    CREATING = "creating"
-    RESTARTING = "restarting"
-    RUNNING = "running"
-    REPLAYING_WAL = "replaying_wal"
-    RESTORING_BACKUP = "restoring_backup"
-    FINALIZING_RESTORE = "finalizing_restore"
-    UNAVAILABLE = "unavailable"
-    STOPPED = "stopped"
-    DELETING = "deleting"
-
-
-class HaType(OpenEnum):
-    """``pgHaType``: none, async (1 standby) or sync (2 standbys)."""
-
-    NONE = "none"
-    ASYNC = "async"
-    SYNC = "sync"
-
-
-class Provider(OpenEnum):
-    AWS = "aws"
-    GCP = "gcp"
-
-
-def _as_utc(value: datetime) -> datetime:
-    # The API sends both "…Z" and "…+00:00"; a naive time would be UTC by its contract.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
-# Sizes are a 143-value enum in the spec that changes often; kept a plain str
-# (pgcloud_nb.sizes knows the table) so a new size never fails validation.
-Size = str
-
-
-def _none_as_empty(value: Any) -> Any:
-    return {} if value is None else value
-
-
-ConfigSection = Annotated[dict[str, Any], BeforeValidator(_none_as_empty)]
-BouncerSection = Annotated[dict[str, str], BeforeValidator(_none_as_empty)]
-
 _SECRET_NAME = re.compile(r"(?i)password|secret|connection_?string|token|credential")
 
 
 class ApiModel(BaseModel):
     """Base: camelCase aliases, extra fields kept, secrets masked everywhere."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="allow",
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     def model_post_init(self, __context: Any) -> None:
         # An unknown field named like a secret (the API adds fields) is masked like the known ones.
@@ -215,7 +157,7 @@ class _ServiceBase(ApiModel):
     postgres_version: str | None = None
     size: Size | None = None
     ha_type: HaType | None = None
-    tags: list[ResourceTagsV1] = Field(default_factory=list)
+    tags: List[ResourceTagsV1] = Field(default_factory=list)
     state: ServiceState | None = None
     created_at: UtcDatetime | None = None
     is_primary: bool | None = None
@@ -228,7 +170,7 @@ class _ServiceBase(ApiModel):
 class PostgresServiceListItem(_ServiceBase):
     """An item of GET /postgres (the live list also carries ``storageSize``)."""
 
-    storage_size: int | None = None
+    storage_size: Int | None = None
 
 
 class PostgresService(_ServiceBase):
@@ -240,7 +182,7 @@ class PostgresService(_ServiceBase):
     create response (API-NOTES §7).
     """
 
-    storage_size: int | None = None
+    storage_size: Int | None = None
     hostname: str | None = None
     username: str | None = None
     password: SecretStr | None = None
@@ -286,13 +228,13 @@ class PostgresInstanceUpdateConfigResponse(PostgresInstanceConfig):
 
 
 class PostgresMetricDataPoint(ApiModel):
-    timestamp: int  # Unix seconds, start of the bucket
-    value: float
+    timestamp: Int  # Unix seconds, start of the bucket
+    value: Float
 
 
 class PostgresMetricSeries(ApiModel):
     label: str
-    data_points: list[PostgresMetricDataPoint] = Field(default_factory=list)
+    data_points: List[PostgresMetricDataPoint] = Field(default_factory=list)
 
 
 class PostgresMetric(ApiModel):
@@ -300,11 +242,11 @@ class PostgresMetric(ApiModel):
     name: str
     unit: str
     description: str = ""
-    series: list[PostgresMetricSeries] = Field(default_factory=list)
+    series: List[PostgresMetricSeries] = Field(default_factory=list)
 
 
 class PostgresMetrics(ApiModel):
-    metrics: list[PostgresMetric] = Field(default_factory=list)
+    metrics: List[PostgresMetric] = Field(default_factory=list)
 
 
 class PostgresSlowQueryPattern(ApiModel):
@@ -316,19 +258,19 @@ class PostgresSlowQueryPattern(ApiModel):
     db_user: str
     db_operation: str
     app: str
-    call_count: int
-    error_count: int
-    total_duration_us: int
-    avg_duration_us: int
-    max_duration_us: int
-    p50_duration_us: int
-    p95_duration_us: int
-    p99_duration_us: int
-    total_rows: int
-    total_shared_blks_read: int
-    total_shared_blks_hit: int
-    total_cpu_time_us: int
-    total_wal_bytes: int
+    call_count: Int
+    error_count: Int
+    total_duration_us: Int
+    avg_duration_us: Int
+    max_duration_us: Int
+    p50_duration_us: Int
+    p95_duration_us: Int
+    p99_duration_us: Int
+    total_rows: Int
+    total_shared_blks_read: Int
+    total_shared_blks_hit: Int
+    total_cpu_time_us: Int
+    total_wal_bytes: Int
 
 
 class PostgresQueryExecution(ApiModel):
@@ -342,46 +284,46 @@ class PostgresQueryExecution(ApiModel):
     app: str
     query_text: str
     pid: str
-    duration_us: int
-    rows: int
-    shared_blks_hit: int
-    shared_blks_read: int
-    shared_blks_written: int
-    shared_blks_dirtied: int
-    shared_blk_read_time_us: int
-    shared_blk_write_time_us: int
-    local_blks_hit: int
-    local_blks_read: int
-    local_blks_written: int
-    local_blks_dirtied: int
-    temp_blks_read: int
-    temp_blks_written: int
-    temp_blk_read_time_us: int
-    temp_blk_write_time_us: int
-    wal_records: int
-    wal_bytes: int
-    wal_fpi: int
-    cpu_user_time_us: int
-    cpu_sys_time_us: int
-    jit_functions: int
-    jit_generation_time_us: int
-    jit_inlining_time_us: int
-    jit_optimization_time_us: int
-    jit_emission_time_us: int
-    jit_deform_time_us: int
-    parallel_workers_planned: int
-    parallel_workers_launched: int
+    duration_us: Int
+    rows: Int
+    shared_blks_hit: Int
+    shared_blks_read: Int
+    shared_blks_written: Int
+    shared_blks_dirtied: Int
+    shared_blk_read_time_us: Int
+    shared_blk_write_time_us: Int
+    local_blks_hit: Int
+    local_blks_read: Int
+    local_blks_written: Int
+    local_blks_dirtied: Int
+    temp_blks_read: Int
+    temp_blks_written: Int
+    temp_blk_read_time_us: Int
+    temp_blk_write_time_us: Int
+    wal_records: Int
+    wal_bytes: Int
+    wal_fpi: Int
+    cpu_user_time_us: Int
+    cpu_sys_time_us: Int
+    jit_functions: Int
+    jit_generation_time_us: Int
+    jit_inlining_time_us: Int
+    jit_optimization_time_us: Int
+    jit_emission_time_us: Int
+    jit_deform_time_us: Int
+    parallel_workers_planned: Int
+    parallel_workers_launched: Int
     server_role: str | None = None
     err_message: str | None = None
     err_sqlstate: str | None = None
-    err_elevel: int | None = None
+    err_elevel: Int | None = None
     trace_id: str | None = None
     span_id: str | None = None
 
 
 class PostgresSlowQueryPatternDetail(ApiModel):
     aggregate: PostgresSlowQueryPattern | None = None
-    recent_executions: list[PostgresQueryExecution] = Field(default_factory=list)
+    recent_executions: List[PostgresQueryExecution] = Field(default_factory=list)
 
 
 class PostgresLogEntry(ApiModel):
@@ -401,4 +343,4 @@ class PostgresBackup(ApiModel):
     status: str | None = None
     last_modified: UtcDatetime | None = None
     started_at: UtcDatetime | None = None
-    size_in_bytes: int | None = None
+    size_in_bytes: Int | None = None

@@ -16,6 +16,7 @@ contract) and :mod:`pgcloud_nb.sizes` (the size table):
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -147,12 +148,18 @@ def typed_value(section: str, key: str, raw: Any) -> tuple[Any, str]:
         if num < 0 and not suffix:
             return num, "memory"  # -1: "use the other setting" / unlimited
         scale = _MEM_SUFFIX.get(suffix) if suffix else _MEMORY_UNIT.get(key, 1)
-        return (int(num * scale), "memory") if scale else (text, "text")
+        size = num * scale if scale else math.inf
+        # a decimal past float's range (1e309 kB) is no size PostgreSQL takes: kept as text
+        finite = isinstance(size, int) or math.isfinite(size)
+        return (int(size), "memory") if finite else (text, "text")
     if key in _TIME_UNIT or suffix in _TIME_SUFFIX:
         if num < 0 and not suffix:
             return num, "duration"
         unit = _TIME_SUFFIX.get(suffix) if suffix else _TIME_UNIT.get(key, "s")
-        return (pd.Timedelta(num, unit=unit), "duration") if unit else (text, "text")
+        try:
+            return (pd.Timedelta(num, unit=unit), "duration") if unit else (text, "text")
+        except (OverflowError, ValueError):  # past Timedelta's ±292 years: kept as text
+            return text, "text"
     if suffix:
         return text, "text"
     return num, "integer" if isinstance(num, int) else "real"

@@ -16,7 +16,7 @@ Validation is complete all the same: every line must be a sample, a comment or
 blank, and the first line that is not raises
 :class:`~pgcloud_nb.errors.PrometheusParseError` quoting it with its line number
 and the reason (bad label escape, missing value, bad number, duplicate HELP or
-TYPE, TYPE after samples…).
+TYPE, TYPE after samples, a timestamp past what a µs timestamp holds…).
 
 The frame: ``timestamp, service_id, service_name, metric, <label columns>,
 value``. The three labels every series carries (data sheet) become
@@ -35,6 +35,7 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
+from .columns import TS_DTYPE
 from .errors import PrometheusParseError
 
 __all__ = [
@@ -44,11 +45,11 @@ __all__ = [
     "parse_prometheus",
 ]
 
-TS_DTYPE = pd.DatetimeTZDtype("us", "UTC")  # pandas 3's own default resolution
 ORG_LABEL, SERVICE_LABEL, NAME_LABEL = "clickhouse_org", "postgres_service", "postgres_service_name"
 LABEL_ORDER = ("mode", "state", "database", "postgres_status", "postgres_version")
 _COMMON_LABELS = frozenset({ORG_LABEL, SERVICE_LABEL, NAME_LABEL})
 _TYPES = frozenset({"counter", "gauge", "histogram", "summary", "untyped"})
+_MAX_MS = int(np.iinfo(np.int64).max) // 1000  # the farthest own timestamp a µs column holds
 
 # Possessive quantifiers (*+, ++): nothing here needs backtracking, and it is ~10% faster.
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*+"
@@ -111,11 +112,9 @@ def parse_prometheus(
             (types, helps),
             _stamp(timestamp),
         )
-    except _DuplicateLabel as exc:
+    except _BadSample as exc:
         lineno = int(line_of[exc.index])
-        raise PrometheusParseError(
-            lineno + 1, text.split("\n")[lineno], "duplicate label name"
-        ) from None
+        raise PrometheusParseError(lineno + 1, text.split("\n")[lineno], exc.reason) from None
 
 
 def label_columns(names: Iterable[str]) -> list[str]:
@@ -187,7 +186,7 @@ def _build(
     in_common = np.array([bool(p) for p in c_parsed] + [False])
     dup = np.flatnonzero(in_rest[r_codes] & in_common[c_codes])
     if dup.size:
-        raise _DuplicateLabel(int(dup[0]))
+        raise _BadSample(int(dup[0]), "duplicate label name")
     org_ids = {p.get(ORG_LABEL) for p in (*c_parsed, *r_parsed)} - {None}
     labels = {k for p in r_parsed for k in p} - _COMMON_LABELS
     cols: dict[str, object] = {"timestamp": _timestamps(stamps, stamp, len(values))}
@@ -211,6 +210,10 @@ def _timestamps(stamps: np.ndarray | None, stamp: pd.Timestamp, n: int) -> pd.Da
     if stamps is None:
         return pd.DatetimeIndex(np.full(n, default), tz="UTC")
     own = stamps != ""
+    for i in np.flatnonzero(own):
+        # The format's timestamps are int64 ms; past what µs can hold, no time is meant.
+        if abs(int(stamps[i])) > _MAX_MS:
+            raise _BadSample(int(i), "timestamp out of range")
     ms = np.where(own, stamps, "0").astype(np.int64)
     at = np.where(own, (ms * 1000).astype("datetime64[us]"), default)
     return pd.DatetimeIndex(at, tz="UTC")
@@ -234,9 +237,10 @@ def _spread(
     return pd.Categorical.from_codes(codes, categories=cats)
 
 
-class _DuplicateLabel(Exception):
-    def __init__(self, index: int) -> None:
+class _BadSample(Exception):
+    def __init__(self, index: int, reason: str) -> None:
         self.index = index  # of the sample, counted among samples
+        self.reason = reason
 
 
 def _parse_all(uniq: list[str], codes: np.ndarray) -> list[dict[str, str]]:
@@ -244,7 +248,7 @@ def _parse_all(uniq: list[str], codes: np.ndarray) -> list[dict[str, str]]:
     for i, block in enumerate(uniq):
         labels = _labels(block)
         if labels is None:
-            raise _DuplicateLabel(int(np.argmax(codes == i)))
+            raise _BadSample(int(np.argmax(codes == i)), "duplicate label name")
         out.append(labels)
     return out
 

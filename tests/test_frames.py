@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from pgcloud_nb.contract import property_kinds
 from pgcloud_nb.frames import (
     config_frame,
     executions_frame,
@@ -180,8 +181,9 @@ def test_executions_frame() -> None:
                  "2026-05-25T16:42:16.123Z", "queryId": "1", "dbName": "d", "dbUser": "u",
                  "dbOperation": "SELECT", "app": "a", "queryText": "q", "pid": "4242",
                  "serverRole": "primary"}  # fmt: skip
-    frame = executions_frame({"aggregate": PATTERN, "recentExecutions": [execution]})
-    assert frame.loc[0, "pid"] == 4242 and frame["pid"].dtype == "Int64"
+    worker = {**execution, "pid": "worker-12"}  # the spec types pid as a string
+    frame = executions_frame({"aggregate": PATTERN, "recentExecutions": [execution, worker]})
+    assert frame["pid"].tolist() == ["4242", "worker-12"] and frame["pid"].dtype == "str"
     assert frame["timestamp"].dtype == UTC
     assert list(frame.columns)[:3] == ["timestamp", "queryId", "dbName"]
 
@@ -204,3 +206,82 @@ def test_logs_frame_orders_severities() -> None:
 def test_frames_reject_what_is_not_an_api_object(bad: object) -> None:
     with pytest.raises(TypeError):
         services_frame([bad])
+
+
+def test_columns_are_typed_from_the_spec() -> None:
+    # Every column of the frames has the dtype its field's type in the spec calls for.
+    expected = {"integer": {"Int64"}, "number": {"Float64"}, "boolean": {"boolean"},
+                "date-time": {"datetime64[us, UTC]"}, "string": {"str", "category"}}  # fmt: skip
+    frames = {
+        "PostgresService": services_frame([ITEM]),
+        "PostgresSlowQueryPattern": slow_queries_frame([PATTERN]),
+        "PostgresQueryExecution": executions_frame([]),
+        "PostgresLogEntry": logs_frame([]),
+    }
+    checked = 0
+    for component, frame in frames.items():
+        for column, kind in property_kinds(component).items():
+            if column not in frame:
+                continue  # secrets, lists, fields a record did not carry
+            allowed = expected.get(kind, {"category"})  # enum:<name> is a categorical
+            assert str(frame[column].dtype) in allowed, (component, column, kind)
+            checked += 1
+    assert checked >= 70
+
+
+BIG = 2**64 + 1  # legal JSON and legal for the spec's "integer"
+
+
+def test_integers_past_int64_are_kept_as_floats() -> None:
+    patterns = slow_queries_frame([{**PATTERN, "totalWalBytes": BIG}, PATTERN])
+    assert patterns["totalWalBytes"].dtype == "Float64"
+    assert patterns.loc[0, "totalWalBytes"] == float(BIG)
+    assert patterns["callCount"].dtype == "Int64"  # the other columns keep their type
+    past_float = slow_queries_frame([{**PATTERN, "totalRows": 10**400}])
+    assert past_float.loc[0, "totalRows"] == float("inf")
+    points = [{"timestamp": BIG, "value": BIG}, {"timestamp": 1780000000, "value": 10**400}]
+    series = [{"label": "l", "dataPoints": points}]
+    metrics = metrics_frame({"metrics": [{"key": "k", "name": "n", "unit": "u", "series": series}]})
+    assert pd.isna(metrics.loc[0, "timestamp"]) and metrics.loc[0, "value"] == float(BIG)
+    assert metrics.loc[1, "value"] == float("inf")
+    config = config_frame({"pgConfig": {"statement_timeout": BIG, "work_mem": BIG},
+                           "pgBouncerConfig": {}}, defaults=False)  # fmt: skip
+    row = config.set_index("key")
+    assert row.loc["statement_timeout", ["value", "kind"]].tolist() == [str(BIG), "text"]
+    assert row.loc["work_mem", "value"] == BIG * 1024  # bytes, exact
+
+
+def test_values_that_are_not_their_type_become_na() -> None:
+    odd = [{**PATTERN, "callCount": v} for v in ("NaN", "inf", "", "abc", None, "12", 5.0)]
+    frame = slow_queries_frame(odd)
+    assert frame["callCount"].dtype == "Float64"  # inf is no Int64
+    values = frame["callCount"].tolist()
+    assert values[1] == float("inf") and values[5:] == [12.0, 5.0]
+    assert all(pd.isna(v) for v in (values[0], *values[2:5]))
+    logs = logs_frame([
+        {"timestamp": t, "severity": "LOG", "body": "x"}
+        for t in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59-12:00", "2016-12-31T23:59:60Z",
+                  "2026-05-25t16:42:16.123456789z", "2026-02-30T00:00:00Z", "yesterday", None)
+    ])  # fmt: skip
+    stamps = logs["timestamp"].tolist()
+    assert stamps[0] == pd.Timestamp("0001-01-01", tz="UTC")
+    # in UTC past year 9999, which datetime cannot hold: pandas' µs timestamps can
+    assert stamps[1] == pd.Timestamp("9999-12-31T23:59:59Z") + pd.Timedelta(hours=12)
+    assert stamps[2] == pd.Timestamp("2016-12-31T23:59:59.999999Z")  # the leap second
+    assert stamps[3] == pd.Timestamp("2026-05-25T16:42:16.123456Z")
+    assert all(pd.isna(s) for s in stamps[4:])
+
+
+def test_text_a_frame_cannot_store_is_repaired() -> None:
+    # A lone surrogate is legal JSON ("\\ud800") but no UTF-8: pandas' Arrow strings refuse it.
+    frame = logs_frame([{"timestamp": "2026-05-25T16:42:16Z", "severity": "LOG\ud800",
+                         "body": "a\udfffb", "extra\ud800": "x"}])  # fmt: skip
+    assert frame.loc[0, "body"] == "a\ufffdb" and frame.loc[0, "severity"] == "LOG\ufffd"
+    assert "extra\ufffd" in frame.columns
+
+
+def test_extra_fields_never_clash_with_derived_columns() -> None:
+    frame = services_frame([{**ITEM, "vcpus": 96, "nested": [[1, 2], [3, 4]]}])
+    assert frame.loc[0, "vcpus"] == 96  # the API's own field wins over the size table
+    assert frame.loc[0, "nested"] == [[1, 2], [3, 4]]
+    assert services_frame([{**ITEM, "tags": None}])["id"].tolist() == [ITEM["id"]]

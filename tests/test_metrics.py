@@ -160,6 +160,14 @@ def test_malformed_line_is_quoted_with_its_number(name: str, lineno: int, reason
     assert str(err).startswith(f"line {lineno}: ") and repr(err.line) in str(err)
 
 
+@pytest.mark.parametrize("stamp", [str(2**63), str(-(2**63) - 5), "9300000000000000"])
+def test_a_timestamp_past_what_a_column_holds_is_a_parse_error(stamp: str) -> None:
+    # int64 ms is the format's range; past ~292 000 years µs overflow: no time is meant
+    text = f"# TYPE m gauge\nm 1 1780000000000\nm 2 {stamp}\n"
+    with pytest.raises(PrometheusParseError, match="line 3: timestamp out of range"):
+        parse_prometheus(text)
+
+
 def test_a_bad_line_deep_in_an_org_payload() -> None:
     lines = exposition(services(20)).split("\n")
     at = next(i for i in range(300, 400) if lines[i].startswith("PostgresServer_"))

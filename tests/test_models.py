@@ -12,9 +12,11 @@ from pydantic import BaseModel, SecretStr
 from pgcloud_nb import models
 from pgcloud_nb.models import (
     HaType,
+    PostgresBackup,
     PostgresInstanceConfig,
     PostgresInstanceUpdateConfigResponse,
     PostgresLogEntry,
+    PostgresMetricDataPoint,
     PostgresMetrics,
     PostgresService,
     PostgresServiceListItem,
@@ -136,7 +138,7 @@ def test_unknown_fields_and_states_are_tolerated() -> None:
         }
     )
     assert svc.state == "hibernating" and not svc.state.known
-    assert ServiceState("running").known
+    assert ServiceState("running").known and not ServiceState("RUNNING").known
     assert svc.ha_type == "quorum" and svc.provider == "azure" and svc.size == "z9-huge-1024"
     assert svc.model_extra == {"ipAccessList": {"add": []}, "earliestRestoreTime": "2026"}
     assert json.loads(svc.model_dump_json())["state"] == "hibernating"
@@ -154,6 +156,37 @@ def test_unknown_fields_and_states_are_tolerated() -> None:
 def test_created_at_is_tz_aware(text: str) -> None:
     item = PostgresServiceListItem.model_validate({"id": "x", "createdAt": text})
     assert item.created_at == datetime(2026, 5, 25, 16, 42, 16, tzinfo=UTC)
+
+
+def test_a_leap_second_is_the_last_microsecond_of_its_minute() -> None:
+    entry = PostgresLogEntry.model_validate(
+        {"timestamp": "2016-12-31T23:59:60.5Z", "severity": "LOG", "body": "x"}
+    )
+    assert entry.timestamp == datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def test_integers_and_numbers_of_any_size() -> None:
+    # JSON Schema: 1e20 is an integer, 10**400 a number; pydantic alone refuses both.
+    point = PostgresMetricDataPoint.model_validate({"timestamp": 1e20, "value": 10**400})
+    assert point.timestamp == 10**20 and point.value == float("inf")
+    assert PostgresMetricDataPoint.model_validate(
+        {"timestamp": 2**64, "value": -(10**400)}
+    ).value == (float("-inf"))
+    with pytest.raises(ValueError):
+        PostgresMetricDataPoint.model_validate({"timestamp": 1.5, "value": 1})
+
+
+def test_null_lists_read_as_empty() -> None:
+    # Go marshals a nil slice as null
+    assert PostgresService.model_validate({"id": "x", "tags": None}).tags == []
+    metrics = PostgresMetrics.model_validate(
+        {"metrics": [{"key": "k", "name": "n", "unit": "u", "series": None}]}
+    )
+    assert metrics.metrics[0].series == []
+    assert (
+        PostgresSlowQueryPatternDetail.model_validate({"recentExecutions": None}).recent_executions
+        == []
+    )
 
 
 def test_config_sections_tolerate_null_and_missing() -> None:
@@ -230,6 +263,9 @@ def _every_model() -> list[BaseModel]:
             {"timestamp": "2026-01-01T00:00:00Z", "severity": "LOG", "body": "x"}
         ),
         Tag(key="a", value="b"),
+        PostgresBackup.model_validate(
+            {"key": "base/1", "status": "done", "lastModified": "2026-01-01T00:00:00Z"}
+        ),
     ]
 
 
