@@ -5,10 +5,18 @@ with each service in the state it last reached. SQLite runs in WAL mode with
 ``synchronous=NORMAL``: a committed change survives a killed process, which is
 the failure the sandbox has to survive (not a power cut).
 
-A service's clear password is kept only while it is being created
+A service's password is kept only while it is being created
 (``pending_password``), so that a create interrupted by a crash can finish with
-the password its response already promised; it is cleared once PostgreSQL has
-it. The file is mode 0600 inside a 0700 home.
+the password its response already promised, and only sealed: the store seals it
+on the way in and opens it on the way out with the home's
+:class:`~pgcloud_nb.sandbox.secretbox.SecretBox`, whose key is not in this file.
+No password ever reaches ``state.db`` or its WAL in plaintext. A home made
+before that is sealed and rewritten once on open (:meth:`Store._seal_legacy`),
+so no freed page or old WAL frame keeps a clear one. The file is mode 0600
+inside a 0700 home.
+
+``config_undo`` holds the previous ``pgConfig`` and ``pgBouncerConfig`` while a
+configuration write is in flight (:mod:`pgcloud_nb.sandbox.services.configs`).
 
 Columns added after the first release (:data:`_ADDED`) are added to an existing
 ``state.db`` with ``ALTER TABLE … ADD COLUMN`` when it lacks them, so an old
@@ -18,6 +26,7 @@ home keeps working.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -26,6 +35,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from pgcloud_nb.sandbox.secretbox import SecretBox, UnreadableSecret, home_box
 
 __all__ = ["ServiceRow", "Store"]
 
@@ -67,9 +78,24 @@ _ADDED = (
     ("restore_target", "TEXT"),
     ("earliest_restore", "TEXT"),
     ("last_backup_at", "REAL"),
+    ("config_undo", "TEXT"),
+    # NULL (an older home's services, or a create without a list): the default rules.
+    ("ip_access_list", "TEXT"),
 )
 
-_JSON_FIELDS = ("tags", "pg_config", "pg_bouncer_config", "counters", "standbys")
+_JSON_FIELDS = (
+    "tags",
+    "pg_config",
+    "pg_bouncer_config",
+    "counters",
+    "standbys",
+    "config_undo",
+    "ip_access_list",
+)
+# PRAGMA user_version from which pending passwords are sealed and the file was rewritten.
+_SEALED_VERSION = 1
+
+log = logging.getLogger("pgcloud_nb.sandbox")
 
 
 @dataclass
@@ -103,14 +129,27 @@ class ServiceRow:
     restore_target: str | None = None  # RFC 3339, while a restore is in progress
     earliest_restore: str | None = None  # RFC 3339: the oldest retained backup's end
     last_backup_at: float | None = None  # epoch seconds of the newest base backup
+    # While a config write is in flight: {"pg_config": …, "pg_bouncer_config": …} before it.
+    config_undo: dict[str, Any] | None = field(default=None, repr=False)
+    # The IP access rules ({id, source, description, portRange}); None: the default ones
+    # (services/access_lists.py); [] admits no TCP client at all.
+    ip_access_list: list[dict[str, str]] | None = None
 
 
 _COLUMNS = tuple(f.name for f in fields(ServiceRow))
 
 
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
 class Store:
-    def __init__(self, path: Path) -> None:
+    """The services and samples of one home. ``box`` seals pending passwords; by default
+    the box of the home holding ``path`` (its key is in that home's credentials.json)."""
+
+    def __init__(self, path: Path, box: SecretBox | None = None) -> None:
         self.path = path
+        self._box = box if box is not None else home_box(path.parent)
         fresh = not path.exists()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         if fresh:
@@ -120,6 +159,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._migrate()
+        self._seal_legacy()
 
     def _migrate(self) -> None:
         """Add the columns an older state.db lacks (each in its own statement)."""
@@ -128,6 +168,41 @@ class Store:
             for name, decl in _ADDED:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE services ADD COLUMN {name} {decl}")
+
+    def _seal_legacy(self) -> None:
+        """Once per file: seal the clear pending passwords an older sandbox kept, then
+        rewrite the database (VACUUM) and empty its WAL, so that neither a freed page
+        nor an old WAL frame still holds one, even one cleared long ago."""
+        with self._lock:
+            if self._db.execute("PRAGMA user_version").fetchone()[0] >= _SEALED_VERSION:
+                return
+            with self.transaction() as db:
+                found = db.execute(
+                    "SELECT id, pending_password FROM services WHERE pending_password IS NOT NULL"
+                ).fetchall()
+                for service_id, value in found:
+                    if not SecretBox.is_sealed(value):
+                        db.execute(
+                            "UPDATE services SET pending_password = ? WHERE id = ?",
+                            (self._box.seal(value, service_id), service_id),
+                        )
+                db.execute(f"PRAGMA user_version = {_SEALED_VERSION}")
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _seal(self, service_id: str, password: str | None) -> str | None:
+        return None if password is None else self._box.seal(password, service_id)
+
+    def _open(self, service_id: str, sealed: str | None) -> str | None:
+        if sealed is None:
+            return None
+        try:
+            return self._box.open(sealed, service_id)
+        except UnreadableSecret:
+            # Another home's key (a state.db copied without its credentials.json): the
+            # create cannot finish with the promised password and fails visibly.
+            log.error("the pending password of service %s does not open", service_id)
+            return None
 
     def close(self) -> None:
         with self._lock:
@@ -146,12 +221,12 @@ class Store:
 
     # -- services ---------------------------------------------------------
 
-    @staticmethod
-    def _row(values: tuple[Any, ...]) -> ServiceRow:
+    def _row(self, values: tuple[Any, ...]) -> ServiceRow:
         kw = dict(zip(_COLUMNS, values, strict=True))
         for name in _JSON_FIELDS:
-            kw[name] = json.loads(kw[name])
+            kw[name] = None if kw[name] is None else json.loads(kw[name])
         kw["is_primary"] = bool(kw["is_primary"])
+        kw["pending_password"] = self._open(kw["id"], kw["pending_password"])
         return ServiceRow(**kw)
 
     def insert(self, row: ServiceRow) -> ServiceRow:
@@ -159,7 +234,8 @@ class Store:
             row.seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM services").fetchone()[0]
             data = asdict(row)
             for name in _JSON_FIELDS:
-                data[name] = json.dumps(data[name])
+                data[name] = _json(data[name])
+            data["pending_password"] = self._seal(row.id, row.pending_password)
             marks = ", ".join("?" for _ in _COLUMNS)
             db.execute(
                 f"INSERT INTO services ({', '.join(_COLUMNS)}) VALUES ({marks})",
@@ -186,7 +262,9 @@ class Store:
         if unknown:
             raise KeyError(f"unknown service columns: {sorted(unknown)}")
         if changes:
-            values = [json.dumps(v) if k in _JSON_FIELDS else v for k, v in changes.items()]
+            if "pending_password" in changes:
+                changes["pending_password"] = self._seal(service_id, changes["pending_password"])
+            values = [_json(v) if k in _JSON_FIELDS else v for k, v in changes.items()]
             sets = ", ".join(f"{k} = ?" for k in changes)
             with self.transaction() as db:
                 db.execute(f"UPDATE services SET {sets} WHERE id = ?", [*values, service_id])
