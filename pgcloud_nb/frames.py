@@ -204,7 +204,11 @@ def config_frame(config: Any, *, message: str | None = None, defaults: bool = Tr
         rows += [("pgConfig", k, v, False) for k, v in PG_DEFAULTS.items() if k not in pg]
     bouncer = {str(k): v for k, v in _mapping(data.get("pgBouncerConfig")).items()}
     rows += [("pgBouncerConfig", k, v, True) for k, v in sorted(bouncer.items())]
-    typed = [typed_value(section, key, raw) for section, key, raw, _ in rows]
+    # a null value (an API that writes unset as null) is no "None" text
+    typed = [
+        typed_value(section, key, raw) if raw is not None else (None, "text")
+        for section, key, raw, _ in rows
+    ]
     restart = [key in named or needs_restart(section, key) for section, key, _, _ in rows]
     frame = pd.DataFrame(
         {

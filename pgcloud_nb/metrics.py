@@ -78,8 +78,9 @@ def counter_rates(
     order = np.lexsort((ts_us, series))
     s, t, v = series[order], ts_us[order], values[order]
     same = s[1:] == s[:-1]
-    dt = (t[1:] - t[:-1]) / 1e6
-    dv = v[1:] - v[:-1]
+    dt = np.diff(t.astype(np.float64)) / 1e6  # in float: far-apart int64 µs would wrap
+    with np.errstate(invalid="ignore"):  # +Inf - +Inf is NaN, a sample's own business
+        dv = v[1:] - v[:-1]
     reset = dv < 0
     keep = same & (dt > 0)
     inc = np.where(reset, v[1:], dv)[keep]

@@ -130,6 +130,11 @@ def test_config_frame_typed_values_restart_and_source() -> None:
     assert frame.attrs["message"] == MESSAGE
 
 
+def test_config_frame_null_values_stay_null() -> None:
+    frame = config_frame({"pgConfig": {"work_mem": None}, "pgBouncerConfig": {}}, defaults=False)
+    assert frame["value"].tolist() == [None] and pd.isna(frame.loc[0, "raw"])
+
+
 def test_config_frame_from_a_get_without_defaults() -> None:
     frame = config_frame({"pgConfig": {"max_connections": "100"}, "pgBouncerConfig": None},
                          defaults=False)  # fmt: skip
