@@ -1,12 +1,18 @@
 """The sandbox's one folder: its SQLite state, its API key, its clusters and its logs.
 
+It is private: 0700 and ours, and nothing below it is open to the group or to
+others (:meth:`SandboxHome.ensure` makes it so at every start, also for a home
+an older version left looser). A home owned by another user is refused.
+
 Layout of ``$PGCLOUD_SANDBOX_HOME``::
 
-    credentials.json   org id, key id and key secret (mode 0600), made at first start
+    credentials.json   org id, key id and key secret (mode 0600), made at first start;
+                       also the key that seals pending passwords (secretbox.py)
     state.db           SQLite: services, config, metric samples
     server.json        url and pid of the running API server (gone when stopped)
     server.log         the API server's log (never holds a secret)
-    clusters/          one folder per service: pgdata/, socket/, certs
+    clusters/          one folder per service: pgdata/, socket/, certs; as root a
+                       link to a folder the server's user can reach (postgres.osuser)
 """
 
 from __future__ import annotations
@@ -21,7 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pgcloud_nb.sandbox.errors import UnsafePathError
+from pgcloud_nb.sandbox.postgres.private import tighten_tree
+
 __all__ = ["Credentials", "SandboxHome"]
+
+_NEW_PRIVATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW  # a new 0600 file, no link
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,15 @@ class SandboxHome:
         return self.path / "clusters"
 
     def ensure(self) -> None:
+        """Make the home, or check an existing one is ours, and make it private again."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = os.lstat(self.path)
+        if st.st_uid != os.geteuid():
+            raise UnsafePathError(self.path, f"is owned by uid {st.st_uid}, not {os.geteuid()}")
+        tighten_tree(self.path)  # follows no link: clusters/ may point elsewhere
+        for name in ("server.log", "server.lock"):  # opened later by others, 0600 from now
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path / name, _NEW_PRIVATE, 0o600))
 
     def credentials(self) -> Credentials:
         """The sandbox's org and API key, generated once and stored with mode 0600."""
@@ -93,7 +112,9 @@ class SandboxHome:
 
     def write_server(self, info: dict[str, Any]) -> None:
         tmp = self.server_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
+        tmp.unlink(missing_ok=True)
+        with os.fdopen(os.open(tmp, _NEW_PRIVATE, 0o600), "w") as f:
+            json.dump(info, f)
         tmp.replace(self.server_file)
 
     def clear_server(self) -> None:

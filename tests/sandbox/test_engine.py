@@ -187,8 +187,9 @@ def test_set_password_keeps_the_secret_out_of_stats_and_logs(make: Make) -> None
     with pytest.raises(psycopg.OperationalError):
         tls_version(url(c, old))
     assert tls_version(url(c, new)) == "TLSv1.3"
+    with psycopg.connect(url(c, new), autocommit=True) as conn:  # utility statements are tracked
+        conn.execute("ALTER ROLE postgres SET work_mem = '5MB'")
     with c.connect() as conn:
-        conn.execute("ALTER ROLE postgres SET work_mem = '5MB'")  # utility statements are tracked
         rows = conn.execute("SELECT query FROM pg_stat_statements").fetchall()
     queries = "\n".join(r[0] for r in rows)
     assert "ALTER ROLE postgres SET work_mem" in queries

@@ -9,6 +9,9 @@ certificate names the service's hostname(s) plus ``localhost``, 127.0.0.1 and
 
 Keys are EC P-256: generating one takes a millisecond, which matters because a
 create must reach ``running`` within seconds. Certificates last ~10 years.
+:func:`install` writes a fresh set for a server (0600, the server user's, as
+everything below the sandbox home); the CA key is never kept, so nothing can
+mint more certificates.
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from collections.abc import Iterable
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["make_ca", "make_server_cert"]
+from pgcloud_nb.sandbox.postgres.osuser import write_owned
+
+__all__ = ["CA_FILE", "copy_identity", "install", "make_ca", "make_server_cert"]
+
+CA_FILE = "ca.pem"  # in the service folder: what the API's CA endpoint returns
 
 VALIDITY = dt.timedelta(days=3652)
 # Tolerate a client clock that runs a little behind.
@@ -134,3 +142,19 @@ def make_server_cert(
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def install(root: Path, pgdata: Path, hostnames: list[str]) -> None:
+    """A new CA (``root/ca.pem``) and server certificate and key (in ``pgdata``)."""
+    ca_cert, ca_key = make_ca(f"{hostnames[0] if hostnames else 'sandbox'} CA")
+    cert, key = make_server_cert(ca_cert, ca_key, hostnames)
+    write_owned(root / CA_FILE, ca_cert)
+    write_owned(pgdata / "server.crt", cert)
+    write_owned(pgdata / "server.key", key)
+
+
+def copy_identity(src_root: Path, src_pgdata: Path, root: Path, pgdata: Path) -> None:
+    """Serve the same CA, certificate and key as the server in ``src_root``."""
+    write_owned(root / CA_FILE, (src_root / CA_FILE).read_bytes())
+    for name in ("server.crt", "server.key"):
+        write_owned(pgdata / name, (src_pgdata / name).read_bytes())

@@ -1,9 +1,10 @@
 """The settings files of a sandbox server: what they say, how they are written and checked.
 
-A service's data folder holds three files the sandbox writes:
+A service's data folder holds these files the sandbox writes:
 
-- ``pg_hba.conf`` (:data:`HBA`): trust on the 0700 socket folder, SCRAM over TLS
-  on loopback, no connection without TLS — like the real service.
+- ``pg_hba.conf`` and ``pg_ident.conf`` (:mod:`postgres.access`): the sandbox's
+  own roles by peer authentication on the private socket, everyone else by
+  SCRAM over TLS on loopback, no connection without TLS, no ``trust`` anywhere.
 - ``pgcloud-base.conf`` (:data:`BASE_CONF`, :func:`base_settings`): the settings
   the sandbox manages (port, socket, TLS, logging, a small memory footprint).
 - ``pgcloud.conf`` (:data:`USER_CONF`): the user's settings (the API's pgConfig).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,39 +29,26 @@ from typing import Any
 import psycopg
 
 from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError
-from pgcloud_nb.sandbox.postgres.osuser import POLL, run_pg
+from pgcloud_nb.sandbox.postgres.osuser import POLL, run_pg, write_if_changed, write_owned
 
 __all__ = [
     "BASE_CONF",
-    "HBA",
     "USER_CONF",
     "USER_HEADER",
+    "apply_user_conf",
     "base_settings",
     "check_names",
     "config_problem",
     "pending_restart",
     "reload_conf",
     "render_conf",
+    "sync_user_conf",
 ]
 
 USER_CONF = "pgcloud.conf"
 USER_HEADER = "user settings (the API's pgConfig), managed by pgcloud-nb"
 BASE_CONF = "pgcloud-base.conf"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
-
-HBA = """\
-# pgcloud-nb sandbox. The socket folder is 0700, so only the server's user (and root) get here.
-local     all          all                 trust
-# Base backups, HA standbys and read replicas stream from the primary over the socket.
-local     replication  all                 trust
-hostssl   all          all   127.0.0.1/32  scram-sha-256
-hostssl   all          all   ::1/128       scram-sha-256
-hostssl   replication  all   127.0.0.1/32  scram-sha-256
-hostssl   replication  all   ::1/128       scram-sha-256
-# Like the real service: no connection without TLS.
-hostnossl all          all   0.0.0.0/0     reject
-hostnossl all          all   ::/0          reject
-"""
 
 
 def _conf_quote(value: str) -> str:
@@ -81,6 +70,7 @@ def base_settings(port: int, socket_dir: Path, log_dir: Path) -> dict[str, str]:
         "listen_addresses": "127.0.0.1",
         "port": str(port),
         "unix_socket_directories": str(socket_dir),
+        "unix_socket_permissions": "0700",  # its folder is private too; peer says who
         "ssl": "on",
         "ssl_cert_file": "server.crt",
         "ssl_key_file": "server.key",
@@ -101,6 +91,10 @@ def base_settings(port: int, socket_dir: Path, log_dir: Path) -> dict[str, str]:
         "auto_explain.log_wal": "on",
         "auto_explain.log_timing": "off",
         "auto_explain.log_format": "json",
+        # The plan then names its statement ("Query Identifier"): the line's own query_id
+        # is the statement running when the executor ended, which for a portal closed by
+        # the next Bind or by COMMIT is that next statement (insights/logs.py).
+        "auto_explain.log_verbose": "on",
         "log_directory": str(log_dir),
         "log_filename": "postgresql-%Y-%m-%d.log",  # jsonlog writes postgresql-<date>.json
         "log_rotation_size": "10MB",
@@ -109,6 +103,54 @@ def base_settings(port: int, socket_dir: Path, log_dir: Path) -> dict[str, str]:
         "max_connections": "100",
         "max_wal_size": "256MB",
     }
+
+
+def apply_user_conf(
+    pgdata: Path,
+    bindir: Path,
+    settings: dict[str, str],
+    superuser: Callable[[], psycopg.Connection[Any]],
+    step: Callable[[str], object] = lambda name: None,
+) -> list[str]:
+    """Replace the user settings file, reload, and return the names still needing a restart.
+
+    ``settings`` were checked with :func:`check_values`. Should the server still
+    find a problem, the previous file is put back before it is ever loaded
+    (:class:`ConfigValueError`); an unreachable server also gets the old file back.
+    ``step`` is told "file-staged" (the new file on disk, not yet in place) and
+    "file-replaced" (in place, not yet loaded): the crash hook of the services'
+    configuration write (``services.configs``).
+    """
+    path = pgdata / USER_CONF
+    previous = path.read_text() if path.exists() else render_conf({}, USER_HEADER)
+    write_owned(
+        path, render_conf(settings, USER_HEADER), before_replace=lambda: step("file-staged")
+    )
+    step("file-replaced")
+    try:
+        with superuser() as conn:
+            # pg_file_settings parses the files afresh in this session, so errors show
+            # before the server loads them. A setting that merely needs a restart also
+            # reads "could not be applied" there; `postgres -C` tells the two apart.
+            flagged = conn.execute(
+                "SELECT name FROM pg_file_settings WHERE error IS NOT NULL AND sourcefile = %s",
+                [str(path)],
+            ).fetchall()
+            if flagged and (problem := config_problem(bindir, pgdata)):
+                write_owned(path, previous)
+                raise ConfigValueError(problem[0] or flagged[0][0] or "", problem[1])
+            return reload_conf(conn)
+    except psycopg.OperationalError as e:
+        write_owned(path, previous)
+        raise EngineError(f"server in {pgdata.parent} is not reachable: {e}") from e
+
+
+def sync_user_conf(pgdata: Path, bindir: Path, settings: dict[str, str]) -> bool:
+    """Make the user settings file hold ``settings`` (those this server knows, as
+    :func:`apply_user_conf` writes them after :func:`split_supported`); True when it
+    changed. The caller reloads or starts the server."""
+    applied, _ = split_supported(bindir, settings)
+    return write_if_changed(pgdata / USER_CONF, render_conf(applied, USER_HEADER))
 
 
 def check_names(settings: dict[str, str]) -> None:

@@ -4,7 +4,9 @@
 ≤ 3 s on a small box, so :func:`make` copies a pristine data folder made once
 per set of binaries (in ``template_dir``, reachable by the PostgreSQL user) and
 falls back to ``initdb`` only without one. Both have the pg_stat_statements
-extension in the admin database, as on the real service. Certificates and
+extension in the ``postgres`` database, as on the real service, and the roles
+of :mod:`postgres.roles`: the bootstrap superuser is the sandbox's own
+``pgcloud_admin``, and ``postgres`` (the API's user) is not a superuser. Certificates and
 settings are written afterwards by :meth:`~pgcloud_nb.sandbox.postgres.cluster.Cluster.init`.
 
 Split out of :mod:`postgres.cluster`, which calls :func:`make` from ``Cluster.init``.
@@ -20,22 +22,27 @@ import threading
 from pathlib import Path
 
 from pgcloud_nb.sandbox.errors import EngineError
-from pgcloud_nb.sandbox.postgres import binaries
-from pgcloud_nb.sandbox.postgres.osuser import chown_tree, run_pg, usable_clusters_dir
+from pgcloud_nb.sandbox.postgres import binaries, roles
+from pgcloud_nb.sandbox.postgres.access import ADMIN
+from pgcloud_nb.sandbox.postgres.osuser import chown_tree, pg_env, run_pg, usable_clusters_dir
 
-__all__ = ["SUPERUSER", "copy", "initdb", "make"]
+__all__ = ["REVISION", "copy", "drop_stale_templates", "initdb", "make"]
 
-SUPERUSER = "postgres"  # the role initdb makes; the sandbox's sessions log in as it
+# Part of a template's name: a template made by an older layout (bootstrap superuser
+# ``postgres``, trust in pg_hba.conf) is never copied again, and is removed.
+REVISION = "r2"
 
 _template_lock = threading.Lock()
 
 
 def template(bindir: Path, template_dir: Path) -> Path:
     """A pristine data folder for ``bindir``, made once (initdb + pg_stat_statements)."""
-    key = f"pg{binaries.server_major(bindir)}-{hashlib.sha1(str(bindir).encode()).hexdigest()[:8]}"
+    digest = hashlib.sha1(str(bindir).encode()).hexdigest()[:8]
+    key = f"pg{binaries.server_major(bindir)}-{REVISION}-{digest}"
     with _template_lock:
         # initdb runs as the PostgreSQL user, so the folder must be reachable by it.
         folder = usable_clusters_dir(template_dir).resolve()
+        drop_stale_templates(folder)
         ready = folder / key
         if ready.is_dir():
             return ready
@@ -51,6 +58,13 @@ def template(bindir: Path, template_dir: Path) -> Path:
         return ready
 
 
+def drop_stale_templates(folder: Path) -> None:
+    """Remove the templates an older layout made in ``folder`` (see :data:`REVISION`)."""
+    for old in folder.glob("pg*"):
+        if old.is_dir() and not old.is_symlink() and f"-{REVISION}-" not in old.name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def initdb(bindir: Path, pgdata: Path) -> None:
     run_pg(
         [
@@ -58,19 +72,23 @@ def initdb(bindir: Path, pgdata: Path) -> None:
             "-D",
             pgdata,
             "-U",
-            SUPERUSER,
+            ADMIN,
             "-E",
             "UTF8",
             "--locale=C",
-            "--auth-local=trust",
+            "--auth-local=peer",
             "--auth-host=scram-sha-256",
             "--no-sync",
             "--no-instructions",
         ],
         what="initdb",
     )
-    # Single-user mode: no port, no password, no settings yet; makes the pg_stat_statements
-    # view exist in the admin database, as on the real service.
+    # Single-user mode: no port, no password, no settings yet. Makes the pg_stat_statements
+    # view exist in the postgres database, as on the real service, and the roles.
+    statements = [
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;",
+        *roles.fresh_sql(binaries.server_major(bindir)),
+    ]
     run_pg(
         [
             bindir / "postgres",
@@ -79,10 +97,10 @@ def initdb(bindir: Path, pgdata: Path) -> None:
             pgdata,
             "-c",
             "shared_preload_libraries=",
-            SUPERUSER,
+            "postgres",  # the database
         ],
-        what="creating pg_stat_statements",
-        input="CREATE EXTENSION IF NOT EXISTS pg_stat_statements;\n",
+        what="creating pg_stat_statements and the roles",
+        input="\n".join(statements) + "\n",
     )
 
 
@@ -101,7 +119,7 @@ def copy(src: Path, pgdata: Path) -> None:
     # cp -a keeps owners and modes and beats shutil.copytree; --sparse skips the
     # zeros of the preallocated WAL segment (less to write back on a busy disk).
     done = subprocess.run(
-        ["cp", "-a", "--sparse=always", str(src), str(pgdata)], capture_output=True
+        ["cp", "-a", "--sparse=always", str(src), str(pgdata)], capture_output=True, env=pg_env()
     )
     if done.returncode:
         raise EngineError(f"copying {src} failed: {done.stderr.decode()}")

@@ -1,4 +1,4 @@
-"""Setting a server's superuser password without the password ever reaching the server.
+"""Setting the service user's password without the password ever reaching the server.
 
 Passwords reach the server only as SCRAM verifiers computed client-side
 (:func:`scram_verifier`), sent by :func:`alter_password` in a session with
@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import pq, sql
 
-from pgcloud_nb.sandbox.postgres.datadir import SUPERUSER
+from pgcloud_nb.sandbox.postgres.access import SERVICE
 
 __all__ = ["alter_password", "scram_verifier"]
 
@@ -29,7 +29,7 @@ def scram_verifier(password: str) -> str:
     conn = pq.PGconn.connect_start(b"host=/nonexistent port=1")
     try:
         verifier: bytes = conn.encrypt_password(
-            password.encode(), SUPERUSER.encode(), b"scram-sha-256"
+            password.encode(), SERVICE.encode(), b"scram-sha-256"
         )
         return verifier.decode()
     finally:
@@ -37,13 +37,12 @@ def scram_verifier(password: str) -> str:
 
 
 def alter_password(conn: psycopg.Connection[Any], verifier: str) -> None:
-    """Make ``verifier`` the superuser's password, over an autocommit session ``conn``."""
+    """Make ``verifier`` the password of the API's user (``postgres``), over a superuser
+    session ``conn``."""
     # Belt and braces: even the verifier stays out of statistics and logs.
     conn.execute("SET pg_stat_statements.track_utility = off")
     conn.execute("SET log_statement = 'none'")
     conn.execute("SET log_min_duration_statement = -1")
     conn.execute(
-        sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-            sql.Identifier(SUPERUSER), sql.Literal(verifier)
-        )
+        sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SERVICE), sql.Literal(verifier))
     )

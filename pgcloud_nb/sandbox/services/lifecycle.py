@@ -38,6 +38,7 @@ from pgcloud_nb.sandbox.insights.logs import LogQuery
 from pgcloud_nb.sandbox.insights.statements import Counters, Key, Statement
 from pgcloud_nb.sandbox.postgres.binaries import datadir_major
 from pgcloud_nb.sandbox.postgres.cluster import check_settings, stop_all
+from pgcloud_nb.sandbox.postgres.hardening import harden_clusters
 from pgcloud_nb.sandbox.services.catalog import BackupEntry, catalog
 from pgcloud_nb.sandbox.services.context import Context, require_running
 from pgcloud_nb.sandbox.services.naming import generate_password, rename_hostname
@@ -303,6 +304,9 @@ class Lifecycle:
         """Bring each stored service back to its recorded state (after a crash too),
         then keep taking backups, samples and statement snapshots."""
         ctx, making = self._ctx, self._making
+        # Servers an older sandbox left (trust, loose modes, /tmp sockets) first get
+        # today's access rules; one that must move its socket is stopped and resumed below.
+        await ctx.run(harden_clusters, ctx.clusters_dir)
         for row in ctx.store.rows():
             if self._restores.resumes(row):
                 continue
