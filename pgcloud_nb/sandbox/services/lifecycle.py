@@ -14,7 +14,8 @@ hands it to each; none of them knows the lifecycle:
 - :mod:`.provisioning`: create, delete, and starting services again after a restart;
 - :mod:`.standbys`: HA standbys and switchover; :mod:`.schedule`: base backups;
 - :mod:`.restores`: point-in-time restores, read replicas and promotion;
-- :mod:`.sampler` and :mod:`.querystats`: what the metrics and insights endpoints read.
+- :mod:`.sampler` and :mod:`.querystats`: what the metrics and insights endpoints read;
+- :mod:`.configs`: configuration writes no crash can split, and their reconcile at start.
 
 The operations on a running service (restart, switchover, password, config,
 rename) are here.
@@ -40,6 +41,7 @@ from pgcloud_nb.sandbox.postgres.binaries import datadir_major
 from pgcloud_nb.sandbox.postgres.cluster import check_settings, stop_all
 from pgcloud_nb.sandbox.postgres.hardening import harden_clusters
 from pgcloud_nb.sandbox.services.catalog import BackupEntry, catalog
+from pgcloud_nb.sandbox.services.configs import Configs
 from pgcloud_nb.sandbox.services.context import Context, require_running
 from pgcloud_nb.sandbox.services.naming import generate_password, rename_hostname
 from pgcloud_nb.sandbox.services.provisioning import Provisioning
@@ -66,6 +68,7 @@ class Lifecycle:
         self._stats = QueryStats(ctx)
         self._making = Provisioning(ctx, self._backups, self._ha, self._sampler)
         self._restores = Restores(ctx, self._backups, self._ha)
+        self._configs = Configs(ctx)
 
     # -- lookups ------------------------------------------------------------
 
@@ -221,21 +224,11 @@ class Lifecycle:
     ) -> list[str]:
         """Apply a whole new user config; returns what still needs a restart.
 
-        The server refuses a value PostgreSQL rejects and puts the old file
-        back, so the store is written only after the server took the change.
+        Validated, stored, then written to the servers, in an order no crash can
+        split (:mod:`.configs`); a value PostgreSQL refuses changes nothing.
         """
-        ctx = self._ctx
         require_running(row, "changing the configuration")
-        async with ctx.lock(row.id):
-            row = ctx.current(row, "changing the configuration")
-            pending = await ctx.run(ctx.cluster(row).apply_config, pg_config)
-            ctx.store.update(row.id, pg_config=pg_config, pg_bouncer_config=bouncer)
-            for node in ctx.layout.standbys(row):  # standbys run the same settings
-                try:
-                    await ctx.run(node.apply_config, pg_config)
-                except Exception as exc:
-                    log.warning("config of a standby of %s: %s", row.id, exc)
-        return pending
+        return await self._configs.write(row, pg_config, bouncer)
 
     async def max_connections(self, row: ServiceRow) -> str | None:
         """The server's max_connections when no user config sets it (what the config
@@ -307,6 +300,9 @@ class Lifecycle:
         # Servers an older sandbox left (trust, loose modes, /tmp sockets) first get
         # today's access rules; one that must move its socket is stopped and resumed below.
         await ctx.run(harden_clusters, ctx.clusters_dir)
+        # Before the API answers: a config write a crash cut short is finished (or
+        # undone), and every server's settings file says what the store says.
+        await ctx.run(self._configs.reconcile_all)
         for row in ctx.store.rows():
             if self._restores.resumes(row):
                 continue

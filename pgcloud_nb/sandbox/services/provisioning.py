@@ -18,8 +18,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pgcloud_nb.sandbox.errors import Conflict
+from pgcloud_nb.sandbox.errors import Conflict, EngineError
 from pgcloud_nb.sandbox.postgres.cluster import Cluster
+from pgcloud_nb.sandbox.services.configs import write_user_conf
 from pgcloud_nb.sandbox.services.context import SETTLED, Context
 from pgcloud_nb.sandbox.services.naming import generate_password, make_hostname
 from pgcloud_nb.sandbox.services.nodes import announce
@@ -97,7 +98,8 @@ class Provisioning:
     def _build(self, cluster: Cluster, row: ServiceRow) -> None:
         if cluster.root.exists():  # a create cut short: start again from nothing
             cluster.remove()
-        assert row.pending_password is not None
+        if row.pending_password is None:  # its sealed copy did not open (see store.py)
+            raise EngineError("the password promised at create can no longer be read")
         self.ctx.layout.archive(row.id).ensure()
         cluster.init(
             row.pending_password,
@@ -105,11 +107,10 @@ class Provisioning:
             template_dir=self.ctx.template_dir,
             extra=self.ctx.layout.primary_settings(row),
         )
+        # Settings given at create are in the file before the first start: they hold at
+        # once, with no reload or restart, and the store has had them all along.
+        write_user_conf(cluster, row.pg_config)
         cluster.start()
-        if row.pg_config:
-            cluster.apply_config(row.pg_config)
-            if cluster.pending_restart():  # settings given at create take effect at once
-                cluster.restart()
         announce(cluster, row)
 
     # -- delete

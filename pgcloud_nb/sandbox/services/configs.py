@@ -1,0 +1,201 @@
+"""A service's configuration, written so that no crash leaves the API and the server disagreeing.
+
+A write (a POST or PATCH of ``/config``) goes in one order:
+
+1. **validate**: names and values by PostgreSQL's own checks (``postgres -C``,
+   :func:`~pgcloud_nb.sandbox.postgres.conffiles.check_values`), no file
+   touched; a refused value is a 400 and nothing changes;
+2. **commit**: one transaction stores the new ``pgConfig`` and
+   ``pgBouncerConfig`` and, beside them, the pair they replace
+   (``ServiceRow.config_undo``). From here on the API reports the new
+   configuration, and the store says a write is in flight;
+3. **write** the serving node's user settings file atomically and durably
+   (temporary file, fsync, rename, fsync of the folder), then **reload**; the
+   names still needing a restart are the answer's restart message
+   (docs/api-behaviour.md, "The restart message");
+4. each HA standby gets the same file, and a reload when it runs;
+5. **settle**: the undo is dropped.
+
+Should the server refuse the file after all (its own check before loading it)
+or be unreachable, the previous file is put back and the undo committed: the
+write did not happen, and the API says so.
+
+A sandbox killed anywhere in there is put right by :meth:`Configs.reconcile_all`,
+which the lifecycle runs at start before the API answers: a write in flight is
+finished from the store (the truth from step 2 on), or undone when the server
+refuses it; every node's file is made to say what the store says, and a running
+node whose file changed (or whose write was in flight) reloads. Settings that
+need a restart stay pending (``pg_settings.pending_restart``), as an uncut write
+leaves them: saying so was the answer's job.
+
+A new service's settings are written before its first start
+(:func:`write_user_conf`), so they hold at once without a restart. A restore or
+read replica is made from scratch again when cut short, its settings included.
+``pgBouncerConfig`` has no server in the sandbox: it lives in the store only,
+committed with ``pgConfig`` in step 2.
+
+``PGCLOUD_SANDBOX_CRASH_AT`` (:mod:`~pgcloud_nb.sandbox.crashpoints`) can stop
+the server at each of :data:`STEPS`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pgcloud_nb.sandbox.crashpoints import reached
+from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError
+from pgcloud_nb.sandbox.postgres.cluster import Cluster
+from pgcloud_nb.sandbox.postgres.conffiles import (
+    apply_user_conf,
+    check_values,
+    split_supported,
+    sync_user_conf,
+)
+from pgcloud_nb.sandbox.services.context import Context
+from pgcloud_nb.sandbox.store import ServiceRow
+
+__all__ = ["STEPS", "Configs", "write_user_conf"]
+
+log = logging.getLogger("pgcloud_nb.sandbox")
+
+# Where a write can be cut short, in the order a write reaches them.
+STEPS = (
+    "config:validated",  # checked, nothing stored yet
+    "config:committed",  # stored with its undo, no file written
+    "config:file-staged",  # the serving node's new file on disk under a temporary name
+    "config:file-replaced",  # in place, not yet loaded
+    "config:reloaded",  # the serving node runs it
+    "config:standby-file-staged",
+    "config:standby-file-replaced",
+    "config:standby-reloaded",
+    "config:settled",  # the undo dropped, the answer not yet sent
+    "config:refused",  # (only on a refusal) the old file back, the undo not yet committed
+)
+IN_EFFECT = ("running", "restarting")  # the states whose servers run the stored settings
+
+
+def checked(node: Cluster, settings: dict[str, str]) -> dict[str, str]:
+    """The settings ``node``'s PostgreSQL knows, checked; ConfigValueError for a refused value."""
+    applied, _ = split_supported(node.bindir, settings)
+    check_values(node.bindir, node.pgdata, applied)
+    return applied
+
+
+def write_user_conf(node: Cluster, settings: dict[str, str]) -> bool:
+    """Make ``node``'s user settings file say ``settings``; True when it changed."""
+    return sync_user_conf(node.pgdata, node.bindir, settings)
+
+
+def _apply(node: Cluster, applied: dict[str, str], steps: str | None) -> list[str]:
+    """Write, check and reload; crash steps named ``<steps><step>`` when given."""
+
+    def step(name: str) -> None:
+        if steps is not None:
+            reached(steps + name)
+
+    return apply_user_conf(node.pgdata, node.bindir, applied, node.superuser, step)
+
+
+class Configs:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    # -- a write
+
+    async def write(
+        self, row: ServiceRow, pg_config: dict[str, str], bouncer: dict[str, str]
+    ) -> list[str]:
+        """Make ``pg_config`` and ``bouncer`` the service's configuration (the module's
+        steps); returns the names still needing a restart."""
+        ctx = self.ctx
+        async with ctx.lock(row.id):
+            row = ctx.current(row, "changing the configuration")
+            primary = ctx.cluster(row)
+            applied = await ctx.run(checked, primary, pg_config)
+            reached("config:validated")
+            undo = {"pg_config": row.pg_config, "pg_bouncer_config": row.pg_bouncer_config}
+            ctx.store.update(
+                row.id, pg_config=pg_config, pg_bouncer_config=bouncer, config_undo=undo
+            )
+            reached("config:committed")
+            try:
+                pending = await ctx.run(_apply, primary, applied, "config:")
+            except Exception:
+                reached("config:refused")
+                ctx.store.update(row.id, **undo, config_undo=None)
+                await ctx.run(write_user_conf, primary, row.pg_config)  # whatever failed
+                raise
+            reached("config:reloaded")
+            for node in ctx.layout.standbys(row):  # the same settings, as a standby can
+                await ctx.run(self._follow, node, pg_config)
+                reached("config:standby-reloaded")
+            ctx.store.update(row.id, config_undo=None)
+            reached("config:settled")
+        return pending
+
+    @staticmethod
+    def _follow(node: Cluster, settings: dict[str, str]) -> None:
+        """A standby takes the primary's new settings; one that cannot reload now (it is
+        down or restarting) still gets the file, which it loads when it starts."""
+        try:
+            if node.is_running():
+                _apply(node, split_supported(node.bindir, settings)[0], "config:standby-")
+                return
+        except Exception as exc:
+            log.warning("config of standby %s: %s", node.root.name, exc)
+        write_user_conf(node, settings)
+
+    # -- at start
+
+    def reconcile_all(self) -> None:
+        """Make every running service's servers run what the store says (blocking; at
+        start, before the API answers and before stopped servers start)."""
+        for row in self.ctx.store.rows():
+            if row.state not in IN_EFFECT:
+                continue  # creates, restores and replicas cut short are made again
+            try:
+                self.reconcile(row)
+            except Exception as exc:  # that service only; resuming it reports the rest
+                log.error("config of service %s could not be reconciled: %s", row.id, exc)
+
+    def reconcile(self, row: ServiceRow) -> None:
+        ctx = self.ctx
+        in_flight = row.config_undo is not None
+        if in_flight:
+            row = self._finish(row)
+        serving = ctx.cluster(row)
+        for node in [serving, *ctx.layout.standbys(row)]:
+            if not node.pgdata.is_dir():
+                continue  # a standby cut short: the standbys' reconcile makes it again
+            settings = row.pg_config
+            changed = write_user_conf(node, settings)
+            if (changed or in_flight) and node.is_running():
+                try:
+                    node.reload()
+                except Exception as exc:  # it still loads the file at its next start
+                    log.warning("config of %s written, not reloaded: %s", node.root.name, exc)
+
+    def _finish(self, row: ServiceRow) -> ServiceRow:
+        """A write cut short: redo it from the store, or undo it if the server refuses it."""
+        ctx, undo = self.ctx, row.config_undo or {}
+        primary = ctx.cluster(row)
+        pending: list[str] = []
+        try:
+            applied = checked(primary, row.pg_config)
+            if primary.is_running():  # the server's own check of the file, then a reload
+                pending = _apply(primary, applied, None)
+        except ConfigValueError as exc:
+            log.warning("service %s: the configuration write cut short is undone: %s", row.id, exc)
+            updated = ctx.store.update(row.id, **undo, config_undo=None)
+        except EngineError as exc:  # not reachable now: it loads the file when it is
+            log.warning("service %s: config written, not reloaded: %s", row.id, exc)
+            updated = ctx.store.update(row.id, config_undo=None)
+        else:
+            updated = ctx.store.update(row.id, config_undo=None)
+            log.info(
+                "service %s: the configuration write cut short is finished%s",
+                row.id,
+                f"; {', '.join(pending)} take effect at the next restart" if pending else "",
+            )
+        assert updated is not None
+        return updated
