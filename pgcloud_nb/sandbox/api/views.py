@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pgcloud_nb.sandbox.services.access_lists import rules
 from pgcloud_nb.sandbox.store import ServiceRow
 from pgcloud_nb.sizes import size_spec
 
@@ -37,6 +38,9 @@ def service_view(row: ServiceRow) -> dict[str, Any]:
     view = {**list_item(row), "username": row.username, "hostname": row.hostname, "port": row.port}
     if row.earliest_restore:  # DOCS-REF-NEW (API-NOTES §12): restore from here up to now
         view["earliestRestoreTime"] = row.earliest_restore
+    # docs/api-behaviour.md, "IP access lists": GET shows each rule with its id (list
+    # items do not: clickhousectl's list item has the spec's fields only).
+    view["ipAccessList"] = rules(row)
     return view
 
 

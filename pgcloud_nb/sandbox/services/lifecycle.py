@@ -40,6 +40,7 @@ from pgcloud_nb.sandbox.insights.statements import Counters, Key, Statement
 from pgcloud_nb.sandbox.postgres.binaries import datadir_major
 from pgcloud_nb.sandbox.postgres.cluster import check_settings, stop_all
 from pgcloud_nb.sandbox.postgres.hardening import harden_clusters
+from pgcloud_nb.sandbox.services import access_lists
 from pgcloud_nb.sandbox.services.catalog import BackupEntry, catalog
 from pgcloud_nb.sandbox.services.configs import Configs
 from pgcloud_nb.sandbox.services.context import Context, require_running
@@ -110,6 +111,7 @@ class Lifecycle:
     async def _check_new(self, body: dict[str, Any], major: int | None) -> None:
         """Creates, restores and replicas all make a service (a real server) of the org;
         a pgConfig this PostgreSQL refuses is a 400 now, not a service that never starts."""
+        access_lists.check(body)
         limit = self._ctx.settings.max_services
         if len(self._ctx.store.rows()) >= limit:
             raise RequestRefused(
@@ -122,7 +124,7 @@ class Lifecycle:
     # -- changes ------------------------------------------------------------
 
     async def update(self, row: ServiceRow, body: dict[str, Any]) -> ServiceRow:
-        """A PATCH of name, size, haType and tags; an omitted field stays as it is."""
+        """A PATCH of name, size, haType, tags and ipAccessList; an omitted field stays."""
         if row.state == "deleting":
             raise Conflict("Service is deleting.")
         if not row.is_primary and {"size", "haType", "tags"} & body.keys():
@@ -136,6 +138,9 @@ class Lifecycle:
             changes["ha_type"] = body["haType"]
         if "tags" in body:  # replaced wholesale
             changes["tags"] = body["tags"]
+        if "ipAccessList" in body:  # removals, then additions; from the rules as they are now
+            now = self._ctx.store.get(row.id) or row
+            changes["ip_access_list"] = access_lists.changed(now, body["ipAccessList"])
         if "name" in body and body["name"] != row.name:
             row = await self._rename(row, body["name"])
         updated = self._ctx.store.update(row.id, **changes)
@@ -143,6 +148,11 @@ class Lifecycle:
         if "ha_type" in changes and changes["ha_type"] != row.ha_type:
             # API-NOTES §5.3: asynchronous; the service stays running meanwhile.
             self._ha.reconcile_soon(row.id)
+        if "ip_access_list" in changes:
+            if updated.state == "running":  # in force when the answer comes
+                await access_lists.enforce(self._ctx, row.id)
+            else:  # once what holds the service's lock (a create, a restore) is done
+                self._ctx.spawn(access_lists.enforce(self._ctx, row.id), f"access {row.id}")
         return updated
 
     async def delete(self, row: ServiceRow) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from pgcloud_nb.sandbox.errors import Conflict, EngineError
 from pgcloud_nb.sandbox.postgres.cluster import Cluster
+from pgcloud_nb.sandbox.services import access_lists
 from pgcloud_nb.sandbox.services.configs import write_user_conf
 from pgcloud_nb.sandbox.services.context import SETTLED, Context
 from pgcloud_nb.sandbox.services.naming import generate_password, make_hostname
@@ -68,6 +69,7 @@ class Provisioning:
             pg_config={k: str(v) for k, v in body.get("pgConfig", {}).items()},
             pg_bouncer_config=dict(body.get("pgBouncerConfig", {})),
             pending_password=password,
+            ip_access_list=access_lists.for_new(body, None),
         )
         self.ctx.store.insert(row)
         self.ctx.spawn(self.provision(service_id), f"provision {service_id}")
@@ -110,6 +112,7 @@ class Provisioning:
         # Settings given at create are in the file before the first start: they hold at
         # once, with no reload or restart, and the store has had them all along.
         write_user_conf(cluster, row.pg_config)
+        access_lists.write(cluster, row)  # who may connect, from the first start on
         cluster.start()
         announce(cluster, row)
 
@@ -166,6 +169,7 @@ class Provisioning:
         cluster = self.ctx.cluster(row)
         self.ctx.layout.archive(row.id).ensure()
         changed = cluster.write_base_conf(self.ctx.layout.settings(row, self.ctx.parent(row)))
+        changed |= access_lists.write(cluster, row)  # the stored rules win over the node's
         if not cluster.is_running():
             # The role the store gives it, whatever the node was when it stopped (a
             # switchover cut short: see standbys.py).

@@ -48,6 +48,7 @@ from pgcloud_nb.sandbox.postgres.replication import (
     restore_settings,
     wait_caught_up,
 )
+from pgcloud_nb.sandbox.services import access_lists
 from pgcloud_nb.sandbox.services.backups import Archive, BaseBackup
 from pgcloud_nb.sandbox.services.context import Context, require_running
 from pgcloud_nb.sandbox.services.naming import make_hostname
@@ -96,6 +97,7 @@ class Restores:
             pg_config={k: str(v) for k, v in body.get("pgConfig", source.pg_config).items()},
             pg_bouncer_config=dict(body.get("pgBouncerConfig", source.pg_bouncer_config)),
             parent_id=source.id,
+            ip_access_list=access_lists.for_new(body, source),  # else the source's rules
             **kw,
         )
         return self.ctx.store.insert(row)
@@ -208,6 +210,7 @@ class Restores:
         settings = {**REPLICATION, **archive.settings(), **extra}
         cluster.init_from(lambda pgdata: copy(backup.path, pgdata), settings)
         cluster.install_certificates([row.hostname])
+        access_lists.write(cluster, row)  # its own rules, not those the copy came with
         return cluster
 
     def _restore(self, row: ServiceRow) -> None:
