@@ -12,6 +12,7 @@ sealing and the one-time rewrite of a home made before it.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import signal
@@ -227,6 +228,12 @@ def test_no_password_in_any_file_of_the_home(tmp_path: Path, figures: dict[str, 
             f"{files}, hits: {len(running) + len(stopped)}"
         )
         assert running == [] and stopped == [], running + stopped
+        # The sandbox's own secrets (its API key, the store's key) are in credentials.json
+        # and nowhere else.
+        creds = json.loads((home / "credentials.json").read_text())
+        keys = hits([creds["key_secret"], creds[KEY_FIELD]], home, clusters)[1]
+        where = {k.rsplit(": ", 1)[0] for k in keys}
+        assert where == {str((home / "credentials.json").resolve())}, keys
     finally:
         sb.stop()
         shutil.rmtree((home / "clusters").resolve(), ignore_errors=True)
