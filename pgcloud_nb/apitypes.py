@@ -59,7 +59,7 @@ class OpenEnum(StrEnum):
 
 
 class ServiceState(OpenEnum):
-    """``pgStateProperty`` (API-NOTES §6)."""
+    """``pgStateProperty`` (docs/api-behaviour.md §5.1)."""
 
     CREATING = "creating"
     RESTARTING = "restarting"

@@ -10,8 +10,8 @@ password, waits, connections). They share what is here: one
 :class:`~pgcloud_nb.requester.Requester` (the key's budget, retries, status →
 error), the org's URL path, and the credentials seen so far.
 
-Passwords arrive only in the create and password-reset responses (API-NOTES
-§7). The client keeps the ones it sees in memory, per service id and as
+Passwords arrive only in the create and password-reset responses
+(docs/api-behaviour.md §3.1). The client keeps the ones it sees in memory, per service id and as
 :class:`~pydantic.SecretStr`, so that
 :meth:`~pgcloud_nb.client.Client.connect_service` can open a psycopg
 connection later without the notebook ever printing them.

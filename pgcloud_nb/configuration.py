@@ -37,7 +37,7 @@ class Configuration(ClientBase):
         """PATCH …/config: change only the given keys. ``message`` tells if a restart is needed."""
         if not pg_config and not pg_bouncer_config:
             raise ValueError("patch_config needs pg_config or pg_bouncer_config")
-        # The API wants both sections; {} leaves a section untouched (API-NOTES §5.9).
+        # The API wants both sections; {} leaves a section untouched (docs/api-behaviour.md §8.2).
         body = {
             "pgConfig": dict(pg_config or {}),
             "pgBouncerConfig": bouncer_payload(pg_bouncer_config or {}),

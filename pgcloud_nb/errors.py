@@ -147,7 +147,7 @@ class AuthenticationError(APIError):
 
 
 class PermissionDeniedError(APIError):
-    """403: the key lacks the permission this operation needs (API-NOTES §1.1)."""
+    """403: the key lacks the permission this operation needs (docs/api-behaviour.md §1.6)."""
 
 
 class NotFoundError(APIError):

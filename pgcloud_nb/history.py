@@ -8,7 +8,7 @@ is ~8–12 bytes a sample; :attr:`History.bytes_per_sample` reports it.
 
 - Scrapes older than ``max_age`` (default one day) are dropped.
 - A scrape identical to what is held (every series known and unchanged) is
-  dropped: the real endpoint refreshes only every 60 s (data sheet), so
+  dropped: the real endpoint refreshes only every 60 s (docs/api-behaviour.md §9.2), so
   scraping faster gives repeats, which would read as zero rates.
 - :meth:`History.frame` gives the long frame with categoricals;
   :meth:`History.rates` and :meth:`History.derived` compute on the arrays.

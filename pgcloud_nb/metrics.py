@@ -37,7 +37,7 @@ __all__ = [
     "rates",
 ]
 
-# The org endpoint covers at most this many services (API-NOTES §8).
+# The org endpoint covers at most this many services (docs/api-behaviour.md §9.2).
 ORG_PROMETHEUS_LIMIT = 100
 
 CPU = "PostgresServer_CPUSeconds_Total"
@@ -116,7 +116,7 @@ def derived(frame: pd.DataFrame) -> pd.DataFrame:
     """Derived series per service and scrape, from a long frame of ≥ 2 scrapes.
 
     Columns: ``service_name, cpu_percent`` (rate of non-idle CPU seconds /
-    CPUCores × 100, the data sheet's formula), ``commits_per_s``,
+    CPUCores × 100, docs/api-behaviour.md §9.3), ``commits_per_s``,
     ``rollbacks_per_s``, ``rollback_ratio`` (rollbacks / all transactions) and
     ``cache_hit_ratio`` (the API's gauge, 0–100). Index: ``timestamp, service_id``.
     """
@@ -213,7 +213,7 @@ def fleet_snapshot(client: _FleetClient, *, history: _Scrapes | None = None) -> 
     The list endpoint gives the services, and the org Prometheus endpoint the
     metrics of all of them at once: 2 requests, not 1 + N. The org endpoint
     covers at most 100 services and takes no paging or filter parameter
-    (API-NOTES §8), so past 100 the services it left out are fetched one by one
+    (docs/api-behaviour.md §9.2), so past 100 the services it left out are fetched one by one
     from the per-service endpoint: 2 + (N − 100) requests, the fewest the API
     allows. (Services it omits below 100 — creating, stopped — are not chased:
     their ``PostgresServiceInfo`` is all there would be.)

@@ -179,7 +179,7 @@ class PostgresService(_ServiceBase):
     The spec marks every field optional; ``id`` is required here because a
     service without one cannot be addressed (the client reports such a body as
     an unexpected response). ``password``/``connection_string`` arrive only in the
-    create response (API-NOTES §7).
+    create response (docs/api-behaviour.md §3.1).
     """
 
     storage_size: Int | None = None
@@ -211,7 +211,7 @@ class PostgresServicePasswordResource(ApiModel):
 
 
 class PostgresInstanceConfig(ApiModel):
-    """GET …/config: only user-set keys; numbers come back as strings (API-NOTES §5.9)."""
+    """GET …/config: only user-set keys, numbers as strings (docs/api-behaviour.md §8.1)."""
 
     pg_config: ConfigSection = Field(default_factory=dict)
     pg_bouncer_config: BouncerSection = Field(default_factory=dict)

@@ -68,8 +68,8 @@ BOUNCER_RESTART_PARAMETERS: frozenset[str] = frozenset(
     )
 )
 
-# PostgreSQL 17's own defaults for the 31 keys the API accepts (API-NOTES §3.1).
-# The managed service may tune some per size (e.g. max_connections) [U]: a
+# PostgreSQL 17's own defaults for the 31 keys the API accepts (docs/api-behaviour.md §8.5).
+# The managed service may tune some per size (e.g. max_connections; unknown): a
 # ``source="default"`` row is PostgreSQL's default, not a reading of the server.
 PG_DEFAULTS: Mapping[str, str] = {
     "max_connections": "100",

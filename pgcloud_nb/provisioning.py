@@ -81,7 +81,7 @@ class Provisioning(ClientBase):
         replica = self._create_like(
             self._path(service_id, "readReplica"), body, name, kind="replica"
         )
-        # The replica inherits the primary's superuser (API-NOTES §5.7).
+        # The replica inherits the primary's superuser (docs/api-behaviour.md §3.4).
         if replica.id not in self._known and service_id in self._known:
             self._known[replica.id] = KnownCredentials(self._known[service_id].password)
         return replica
@@ -105,7 +105,7 @@ class Provisioning(ClientBase):
         restored = self._create_like(
             self._path(service_id, "restoredService"), body, name, kind="restore"
         )
-        # It keeps the backup's password; the current one is our best guess [U] (API-NOTES §5.6).
+        # It keeps the backup's password; ours is a best guess (docs/api-behaviour.md §3.4).
         if restored.id not in self._known and service_id in self._known:
             self._known[restored.id] = KnownCredentials(self._known[service_id].password)
         return restored
@@ -114,7 +114,7 @@ class Provisioning(ClientBase):
     def _extras(
         tags: Tags | None, pg_config: Mapping[str, Any] | None, bouncer: Mapping[str, Any] | None
     ) -> dict[str, Any]:
-        # Empty config maps are rejected on create/restore/replica (API-NOTES §5.1): omit them.
+        # Empty config maps are refused on create, restore, replica (docs/api-behaviour.md §4.3).
         out: dict[str, Any] = {"tags": tags_payload(tags)}
         if pg_config:
             out["pgConfig"] = dict(pg_config)

@@ -1,6 +1,6 @@
 """One request budget per API key in the whole process, and the retry policy.
 
-The real API allows 10 requests per 10 s per key (API-NOTES §1). Waiters,
+The real API allows 10 requests per 10 s per key (docs/api-behaviour.md §2.1). Waiters,
 charts, widgets and the user's own calls all draw from the same
 :class:`Budget`, so together they never outrun it: :func:`budget_for` hands out
 one instance per ``(base_url, key id)``.
@@ -193,7 +193,7 @@ def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None)
     """Seconds to wait per ``Retry-After`` (seconds or HTTP date) or ``X-RateLimit-Reset``.
 
     ``X-RateLimit-Reset`` is read as seconds when small and as a Unix epoch when
-    it looks like one (the real API's form is undocumented, API-NOTES §13).
+    it looks like one (the real API's form is undocumented, docs/api-behaviour.md §2.2).
     """
     wall = time.time() if now is None else now
     value = headers.get("retry-after")

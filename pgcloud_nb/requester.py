@@ -257,7 +257,7 @@ def _without_surrogates(value: Any) -> Any:
 
 
 def iso_time(when: When) -> str:
-    """RFC 3339 in UTC with milliseconds, the form every endpoint accepts (API-NOTES §5.11).
+    """RFC 3339 in UTC with milliseconds: accepted everywhere (docs/api-behaviour.md §10.1).
 
     A ``timedelta`` means that long ago; a naive datetime is local time (Python's rule).
     """

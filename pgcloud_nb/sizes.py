@@ -1,6 +1,6 @@
 """The size table: vCPU, memory and local NVMe storage for every `pgSize`.
 
-The API publishes no table of sizes (API-NOTES §4), only the names and two
+The API publishes no table of sizes (docs/api-behaviour.md §11.1), only the names and two
 observed storage figures (r6gd.medium = 59 GiB, r8gd.large = 118 GiB). We derive
 each figure from the instance naming rules of the clouds, which is what the
 console shows:

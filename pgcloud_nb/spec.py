@@ -8,7 +8,7 @@ frames what each operation answers.)
 
 ``validate_body`` checks a request body against one schema and returns every
 problem as a :class:`FieldError` naming the field, in the API's own wording
-(``BAD_REQUEST: request body.tags[0].key: '…'``, API-NOTES §1).
+(``BAD_REQUEST: request body.tags[0].key: '…'``, docs/api-behaviour.md §1.4).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def validate_body(name: str, body: Any, *, required: tuple[str, ...] = ()) -> li
     lack ``type: object``), and unknown top-level properties are refused, as the
     real API does ("request body property can't be validated: name").
     ``required`` adds fields the real API needs although the spec marks them
-    optional (API-NOTES §3.2).
+    optional (docs/api-behaviour.md §1.3).
     """
     if not isinstance(body, dict):
         return [FieldError("", f"expected a JSON object, got {type(body).__name__}")]

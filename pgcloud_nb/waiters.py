@@ -26,7 +26,7 @@ __all__ = ["StatePoll", "WaitClient", "wait_for_gone", "wait_for_state"]
 
 DEFAULT_TIMEOUT = 1800.0  # TF waits up to 30 min for a create
 # States a wait for `running` tolerates for a while: `unavailable` heals by itself
-# (DOC-HA); `stopped` has no start command in the API, so it is given a short grace.
+# (docs/api-behaviour.md §5.3); `stopped` has no start command in the API, so it gets a short grace.
 GRACE = {ServiceState.UNAVAILABLE: 300.0, ServiceState.STOPPED: 30.0}
 NOT_FOUND_GRACE = 10.0  # a just-created service may not be readable at once
 

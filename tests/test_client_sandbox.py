@@ -75,7 +75,7 @@ def test_seed_lifecycle(pg: Client) -> None:
     assert created.id in {s.id for s in pg.list_services()}
 
     svc = pg.wait(created.id, progress=False, timeout=120)
-    assert svc.state == "running" and svc.password is None  # §7: only the create answer has it
+    assert svc.state == "running" and svc.password is None  # only the create answer has it (§3.1)
     with pg.connect_service(svc, autocommit=True) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
 

@@ -136,7 +136,7 @@ class Settings:
     # Every service is a real server on this machine, so the org has a quota, as real orgs do.
     max_services: int = 50
     seed: int | None = None  # seeds fault injection, for reproducible tests
-    # API-NOTES §5.6: a daily full backup, kept 7 days (Scale tier). Seconds.
+    # docs/api-behaviour.md §7.1: a daily full backup, kept 7 days (Scale tier). Seconds.
     backup_interval: float = 24 * 3600.0
     backup_retention: float = 7 * 24 * 3600.0
     # Regions accepted beyond pgcloud_nb.regions' list, for every provider; "*": any.

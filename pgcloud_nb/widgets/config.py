@@ -35,7 +35,7 @@ class ConfigEditor(ServiceWidget):
     """Edit the 31 pgConfig keys of the spec, one row each: key, current, proposed, error.
 
     ``current`` is what GET …/config returns (only user-set keys, as strings;
-    API-NOTES §5.9). A proposed value that differs from the current one is a
+    docs/api-behaviour.md §8.1). A proposed value that differs from the current one is a
     change; values are read as ``config patch --set`` does (``200`` an integer,
     ``"-1"`` a string, ``64MB`` text), then validated by the spec's ``pgConfig``
     schema. An emptied field is not a change: PATCH cannot unset a key.

@@ -227,7 +227,7 @@ def _details(service: PostgresService) -> dict[str, str]:
     if not url and not password:
         raise ValueError(
             f"the API sent no credentials for {service.name or service.id}: it sends them only "
-            "in the create response (API-NOTES §7); reset the password to get new ones"
+            "in the create response; reset the password to get new ones"
         )
     params: dict[str, str] = {}
     if url:
@@ -236,7 +236,7 @@ def _details(service: PostgresService) -> dict[str, str]:
         params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
     out = {
         "HOST": params.get("host") or service.hostname or "",
-        "PORT": params.get("port") or "5432",  # the real API's port (API-NOTES §5.1)
+        "PORT": params.get("port") or "5432",  # the real port (docs/api-behaviour.md §3.2)
         "USER": params.get("user") or service.username or "postgres",
         "PASSWORD": params.get("password") or password or "",
         "DATABASE": params.get("dbname") or "postgres",

@@ -150,7 +150,7 @@ class TagEditor(ServiceWidget):
     """Add, edit and remove tags, see the merge-patch diff, then send it.
 
     Tags are a list in the API: a PATCH replaces the whole list (RFC 7396 merge
-    patch; API-NOTES §5.3), so the body is every tag you keep. ``preview``
+    patch; docs/api-behaviour.md §4.6), so the body is every tag you keep. ``preview``
     shows the body and the diff; ``apply`` shows them again, validates the body
     against ``PostgresServicePatchRequest`` and sends it.
     """

@@ -1,4 +1,4 @@
-"""Issue 7's figures for the sandbox's advanced lifecycle, against real sandboxes.
+"""Figures for the sandbox's advanced lifecycle (restore, replica, lag, switchover).
 
     python tests/benchmarks/bench_advanced.py [--mb 100] [--load-seconds 20]
 

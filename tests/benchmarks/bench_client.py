@@ -1,4 +1,4 @@
-"""Issue 3's three figures for the client, measured against real sandboxes.
+"""Three figures for the client (request use, budget use, resilience), against real sandboxes.
 
     python tests/benchmarks/bench_client.py [--duration 30] [--lifecycles 5]
 

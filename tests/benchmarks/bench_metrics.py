@@ -1,4 +1,4 @@
-"""The three figures of issue 4, measured in one run and printed (no pass/fail).
+"""Three figures for metrics (parsing, history, requests per snapshot), printed (no pass/fail).
 
 1. Parsing a 100-service org payload into the long frame, against
    prometheus_client's parser plus building the same frame from its output.

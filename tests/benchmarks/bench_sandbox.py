@@ -1,4 +1,4 @@
-"""Issue 2's figures for the sandbox, measured on this machine and printed (no pass/fail).
+"""The sandbox's start, create, restart and memory figures, printed (no pass/fail).
 
     python tests/benchmarks/bench_sandbox.py [--services 10] [--restarts 10]
 
@@ -14,7 +14,7 @@
 5. Warm start: stop the sandbox (and its servers), then ``Sandbox.start()`` on
    the same home until it answers, and until every service is ``running`` again.
 
-Aims (issue 2): create → running ≤ 3 s, restart ≤ 1 s. Each ratio printed is
+Aims: create → running ≤ 3 s, restart ≤ 1 s. Each ratio printed is
 the measured median over that aim. Everything started here is stopped, and the
 home and the folder its ``clusters`` symlink points to (under /tmp when the home
 is not reachable by the PostgreSQL user) are deleted.

@@ -1,4 +1,4 @@
-"""The notebooks as committed: the five of issue 6, valid, without outputs, tagged for nbval.
+"""The notebooks as committed: the five of notebooks/, valid, without outputs, nbval tags.
 
 No kernel, no sandbox: these checks take a moment and catch a notebook saved with its
 outputs (which could hold a password), a checked cell without an expected output, or a

@@ -4,7 +4,7 @@
 checked cells carry their expected outputs (``expected.json``), against a brand-new
 sandbox with the default settings (rate limit on: 10 requests per 10 s) and no
 credentials anywhere: the first notebook's ``connect()`` starts the sandbox, as on a
-fresh machine. Prints the two figures of issue 6.
+fresh machine. Prints the time for the whole suite and the time to the first running service.
 """
 
 from __future__ import annotations

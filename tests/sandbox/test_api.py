@@ -89,7 +89,7 @@ def test_seed_walkthrough(api: httpx.Client, sandbox: SandboxInfo, tmp_path: Pat
     assert len(result(api.get("/postgres"))) == len(before) + 1
 
     svc = wait_state(api, sid, "running")
-    assert "password" not in svc and "connectionString" not in svc  # API-NOTES §7
+    assert "password" not in svc and "connectionString" not in svc  # docs/api-behaviour.md §3.1
     assert all("password" not in s for s in result(api.get("/postgres")))
 
     # psql and psycopg take the connection string as it is.

@@ -1,6 +1,6 @@
 """Conformance: schemathesis runs the official spec against a real sandbox.
 
-Issue 2 ("Tests"): every operation the sandbox implements is fuzzed with a
+Every operation the sandbox implements is fuzzed with a
 fixed seed, no example database and at least 100 examples per operation; the
 result must be zero server errors and zero response-schema violations.
 
@@ -19,7 +19,7 @@ How the run is set up, and why:
   the two Postgres paths of ``prometheus-openapi.yml``. Checks:
   ``not_a_server_error``, ``response_schema_conformance`` and
   ``content_type_conformance``. The spec declares only 200/400/500; the
-  sandbox's realistic 401/404/409 (API-NOTES §10.3) are not checked here.
+  sandbox's realistic 401/404/409 (docs/api-behaviour.md §1.5) are not checked here.
 - Fuzzed creates, restores and replicas make real PostgreSQL clusters.
   ``Settings.max_services`` caps them (past it the API answers 400, which the
   spec declares), and every service is deleted after the run, replicas first.

@@ -1,5 +1,6 @@
 """Slow query patterns and logs over real HTTP, from workloads these tests run
-on a real sandbox service (issue 7, items 5 and 6)."""
+on a real sandbox service: patterns, executions and logs as the API describes them
+(docs/api-behaviour.md §10)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Backups, point-in-time restore, read replicas, HA standbys and switchover, over real
-HTTP and real SQL (API-NOTES §5.6, §5.7, §6)."""
+HTTP and real SQL (docs/api-behaviour.md §5, §6, §7)."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_restore_to_a_point_in_time(api: httpx.Client, make: Any) -> None:
     order = ["restoring_backup", "replaying_wal", "finalizing_restore", "running"]
     assert seen == sorted(seen, key=order.index), seen
 
-    # The restored service keeps the source's password (API-NOTES §5.6).
+    # The restored service has the source's password at the target (docs/api-behaviour.md §13.4).
     rdsn = dsn_of(src, restored)
     assert sql(rdsn, "SELECT id FROM t ORDER BY id") == [(1,)]
     sql(rdsn, "INSERT INTO t VALUES (3)")  # a writable primary of its own

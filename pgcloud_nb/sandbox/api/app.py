@@ -1,7 +1,7 @@
 """The sandbox's HTTP API: the routes of the Managed Postgres spec, over real clusters.
 
 Paths, envelopes, status codes and content types follow the embedded spec;
-where it is silent we follow API-NOTES.md and say so beside the choice. The app
+where it is silent we follow docs/api-behaviour.md and cite it beside the choice. The app
 is built from one list of routes, as starlette's own examples are; the
 handlers live by resource (:mod:`.access` for the key and the organization,
 :mod:`.services`, :mod:`.config`, :mod:`.metrics`, :mod:`.insights`), and every

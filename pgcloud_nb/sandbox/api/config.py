@@ -40,6 +40,6 @@ class ConfigRoutes:
         updated = self.life.get(row.id)
         assert updated is not None
         result = config_view(updated, await self.life.max_connections(updated))
-        if pending:  # `message` only when a restart is needed (API-NOTES §5.9)
+        if pending:  # `message` only when a restart is needed (docs/api-behaviour.md §8.3)
             result["message"] = restart_message(pending)
         return ok(result)

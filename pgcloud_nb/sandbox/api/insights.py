@@ -1,6 +1,6 @@
 """Slow query patterns and server logs of a sandbox service, from the server's own records.
 
-Sources (API-NOTES §5.11, §5.12):
+Sources (the API's side: docs/api-behaviour.md §10.2, §10.3):
 
 - **Patterns** are pg_stat_statements' statements, one per (queryid, database,
   user), with the normalized text it keeps (literals are ``$n``). It has no
@@ -115,7 +115,7 @@ def _descending(request: Request) -> bool:
 
 
 def log_query(request: Request) -> LogQuery:
-    """The logs API's parameters (API-NOTES §5.12); a 400 names the bad one."""
+    """The logs API's parameters (docs/api-behaviour.md §10.3); a 400 names the bad one."""
     start, end = _window(request)
     if end - start > LOG_WINDOW.total_seconds():
         raise bad_request("BAD_REQUEST: to_date: the window from from_date must be ≤ 30 days")

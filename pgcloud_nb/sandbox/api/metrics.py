@@ -21,9 +21,9 @@ from pgcloud_nb.sandbox.telemetry.timeseries import metrics_json, plan_buckets
 
 __all__ = ["ORG_PROMETHEUS_MAX", "PROMETHEUS_TYPE", "MetricsRoutes"]
 
-# API-NOTES §8: the exact content type of the Prometheus endpoints.
+# docs/api-behaviour.md §9.2: the exact content type of the Prometheus endpoints.
 PROMETHEUS_TYPE = "text/plain; charset=UTF-8"
-# The org endpoint covers at most 100 services (data sheet).
+# The org endpoint covers at most 100 services (docs/api-behaviour.md §9.2).
 ORG_PROMETHEUS_MAX = 100
 
 

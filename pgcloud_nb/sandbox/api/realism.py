@@ -239,7 +239,7 @@ class FaultMiddleware:
 
 def _retry_headers(wait: float) -> dict[str, str]:
     # Whole seconds, rounded up: a client that waits this long finds a free slot.
-    # Terraform's provider reads X-RateLimit-Reset as seconds to wait (API-NOTES §1).
+    # Terraform's provider reads X-RateLimit-Reset as seconds to wait (docs/api-behaviour.md §2.2).
     seconds = str(max(1, math.ceil(wait)))
     return {"Retry-After": seconds, "X-RateLimit-Reset": seconds}
 

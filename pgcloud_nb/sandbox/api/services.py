@@ -37,7 +37,7 @@ class ServiceRoutes:
         self.access.org(request)
         body = await json_body(request, "PostgresServicePostRequest")
         row, password = await self.life.create(body)
-        # The one answer that carries the credentials (API-NOTES §7).
+        # The one answer that carries the credentials (docs/api-behaviour.md §3.1).
         view = {
             **service_view(row),
             "password": password,
@@ -74,7 +74,7 @@ class ServiceRoutes:
         body = await json_body(request, "PostgresServiceSetPassword")
         given = body.get("password")
         password = await self.life.set_password(row, given)
-        # The new password comes back only when the server made it (API-NOTES §5.8).
+        # The new password comes back only when the server made it (docs/api-behaviour.md §3.3).
         return ok({} if given is not None else {"password": password})
 
     async def set_state(self, request: Request) -> Response:

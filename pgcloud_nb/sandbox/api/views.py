@@ -26,17 +26,17 @@ def list_item(row: ServiceRow) -> dict[str, Any]:
         "isPrimary": row.is_primary,
     }
     spec_ = size_spec(row.size)
-    if spec_ is not None:  # the live list carries storageSize too (API-NOTES §3.3)
+    if spec_ is not None:  # the live list carries storageSize too (docs/api-behaviour.md §4.5)
         item["storageSize"] = spec_.storage_gib
     return item
 
 
 def service_view(row: ServiceRow) -> dict[str, Any]:
-    # API-NOTES §7: no password or connection string outside create / reset.
-    # `port` is a sandbox extension: every real service listens on 5432 (API-NOTES
-    # §5.1), but here each service has its own; extra fields are allowed by the spec.
+    # docs/api-behaviour.md §3.1: no password or connection string outside create / reset.
+    # `port` is a sandbox extension (§13.2): every real service listens on 5432 (§3.2),
+    # but here each service has its own; extra fields are allowed by the spec.
     view = {**list_item(row), "username": row.username, "hostname": row.hostname, "port": row.port}
-    if row.earliest_restore:  # DOCS-REF-NEW (API-NOTES §12): restore from here up to now
+    if row.earliest_restore:  # docs/api-behaviour.md §12.4: restore from here up to now
         view["earliestRestoreTime"] = row.earliest_restore
     # docs/api-behaviour.md, "IP access lists": GET shows each rule with its id (list
     # items do not: clickhousectl's list item has the spec's fields only).
@@ -53,7 +53,7 @@ def config_view(row: ServiceRow, current_max_connections: str | None = None) -> 
 
 
 def restart_message(pending: list[str]) -> str:
-    # The documented wording (API-NOTES §5.9).
+    # The documented wording (docs/api-behaviour.md §8.3).
     return (
         "The changes in the following parameters require a database restart to take effect: "
         f"{', '.join(pending)}. You can restart the database by using the restart endpoint."

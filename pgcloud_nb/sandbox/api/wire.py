@@ -82,7 +82,7 @@ def parse_date(request: Request, name: str, *, required: bool = True) -> datetim
     if parsed.tzinfo is None:
         raise bad_request(f"BAD_REQUEST: {name}: '{value}' needs a time zone (e.g. Z)")
     if parsed.microsecond % 1000:
-        # API-NOTES §5.10: at most millisecond precision.
+        # docs/api-behaviour.md §10.1: at most millisecond precision.
         raise bad_request(f"BAD_REQUEST: {name}: '{value}' has more than millisecond precision")
     return parsed
 

@@ -1,6 +1,6 @@
 """TLS material for sandbox services: one CA per service and a server certificate.
 
-The real service has a per-instance CA and requires TLS 1.3 (API-NOTES §5.1),
+The real service has a per-instance CA and requires TLS 1.3 (docs/api-behaviour.md §11.3),
 so each sandbox service gets the same: the CA certificate is what the CA
 endpoint returns and what users pass as ``sslrootcert``; the server
 certificate names the service's hostname(s) plus ``localhost``, 127.0.0.1 and

@@ -74,7 +74,7 @@ def base_settings(port: int, socket_dir: Path, log_dir: Path) -> dict[str, str]:
         "ssl": "on",
         "ssl_cert_file": "server.crt",
         "ssl_key_file": "server.key",
-        "ssl_min_protocol_version": "TLSv1.3",  # the real service's minimum (API-NOTES §5.1)
+        "ssl_min_protocol_version": "TLSv1.3",  # the real minimum (docs/api-behaviour.md §11.3)
         "password_encryption": "scram-sha-256",
         "shared_preload_libraries": "pg_stat_statements,auto_explain",
         "compute_query_id": "on",

@@ -12,10 +12,10 @@ on :class:`~pgcloud_nb.sandbox.postgres.cluster.Cluster` objects only:
   as the fallback when the stream has moved past what the primary still keeps,
   and ``recovery_target_timeline = latest`` so standbys follow a switchover.
   The same settings serve HA standbys and read replicas. The real product's
-  replicas replay WAL from S3 only (API-NOTES §5.7, lag of tens of seconds);
+  replicas replay WAL from S3 only (docs/api-behaviour.md §7.3, lag of tens of seconds);
   the sandbox's also stream, so their lag is what PostgreSQL gives.
 - :func:`restore_settings` are a point-in-time restore's: WAL from the source's
-  archive up to ``recovery_target_time``, then ``promote`` (API-NOTES §5.6). It
+  archive up to ``recovery_target_time``, then ``promote`` (docs/api-behaviour.md §7.2). It
   replays as a cold standby (no connections until promoted), so none of a hot
   standby's requirements on its settings apply and nothing can pause it.
 - :func:`recorded_settings` are the values a hot standby must match at least
@@ -123,7 +123,7 @@ def restore_settings(source_archive: Path, target: datetime | None) -> dict[str,
 
     ``target`` None replays everything archived: used when no commit after the
     target was ever archived, where the end of the archive *is* the state at the
-    target ("the closest available recovery point at or before", API-NOTES §5.6).
+    target ("the closest available recovery point at or before", docs/api-behaviour.md §7.2).
     """
     settings = {
         "restore_command": f"cp '{source_archive}/%f' '%p'",

@@ -1,7 +1,7 @@
 """Backups of a sandbox service: an archive of its WAL and base backups, as PostgreSQL makes them.
 
 The real service keeps a daily full backup plus WAL archived every 60 s or
-16 MB, for 7 days (API-NOTES §5.6; it uses WAL-G). Here each service has a
+16 MB, for 7 days (docs/api-behaviour.md §7.1; it uses WAL-G). Here each service has a
 folder below the clusters folder (``.backups/<id>``, reachable by the
 PostgreSQL user, like the data folders)::
 
@@ -38,7 +38,7 @@ from pgcloud_nb.sandbox.postgres.replication import base_backup
 
 __all__ = ["ARCHIVE_TIMEOUT", "Archive", "BaseBackup"]
 
-# API-NOTES §5.6: WAL is archived every 60 s or every 16 MB (a segment), whichever first.
+# docs/api-behaviour.md §7.1: WAL is archived every 60 s or 16 MB (a segment), whichever first.
 ARCHIVE_TIMEOUT = "60s"
 
 

@@ -1,4 +1,4 @@
-"""Service lifecycle: the state machine of API-NOTES §6 driven over real clusters.
+"""Service lifecycle: the state machine of docs/api-behaviour.md §5 driven over real clusters.
 
 :class:`Lifecycle` is what the API calls, and all it calls: every operation on
 a service, its metrics and its statement statistics go through one of its
@@ -90,7 +90,7 @@ class Lifecycle:
                 f"BAD_REQUEST: request body.region: '{region}' is not a region"
                 f" Managed Postgres serves on {provider}"
             )
-        # The docs call 17 the default when omitted (API-NOTES §4), as new_row records it.
+        # The docs call 17 the default when omitted (docs/api-behaviour.md §4.2).
         await self._check_new(body, int(str(body.get("postgresVersion", "17"))))
         return self._making.new_row(body)
 
@@ -146,7 +146,7 @@ class Lifecycle:
         updated = self._ctx.store.update(row.id, **changes)
         assert updated is not None
         if "ha_type" in changes and changes["ha_type"] != row.ha_type:
-            # API-NOTES §5.3: asynchronous; the service stays running meanwhile.
+            # docs/api-behaviour.md §4.7: asynchronous; the service stays running meanwhile.
             self._ha.reconcile_soon(row.id)
         if "ip_access_list" in changes:
             if updated.state == "running":  # in force when the answer comes
@@ -186,7 +186,7 @@ class Lifecycle:
 
     async def promote(self, row: ServiceRow) -> ServiceRow:
         """A read replica becomes a primary of its own (:meth:`Restores.promote`)."""
-        if row.is_primary:  # API-NOTES §6: probably 400 [U]
+        if row.is_primary:  # assumed: docs/api-behaviour.md §5.5
             raise RequestRefused(
                 "BAD_REQUEST: only a read replica can be promoted; this service is a primary"
             )
@@ -196,9 +196,9 @@ class Lifecycle:
         """Move the primary role to an HA standby (:meth:`Standbys.switchover`).
 
         Without a standby, the real API replaces the primary with a fresh server
-        and switches to it (API-NOTES §6); here that is a fast restart of the same
+        and switches to it (docs/api-behaviour.md §5.6); here that is a fast restart of the same
         data under the same address. ``state`` stays ``running``: not observable."""
-        if not row.is_primary:  # API-NOTES §6: probably 400 [U]
+        if not row.is_primary:  # assumed: docs/api-behaviour.md §5.5
             raise RequestRefused(
                 "BAD_REQUEST: a read replica has no standby to switch over to; promote it instead"
             )

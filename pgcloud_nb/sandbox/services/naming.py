@@ -29,7 +29,7 @@ def _slug(name: str) -> str:
 
 
 def make_hostname(name: str, service_id: str, region: str, provider: str) -> str:
-    """The real hostname's shape (API-NOTES §5.1) under ``.localhost``.
+    """The real hostname's shape (docs/api-behaviour.md §4.4) under ``.localhost``.
 
     ``*.localhost`` is reserved for loopback (RFC 6761) but not every resolver
     maps it, so connection strings also carry ``hostaddr=127.0.0.1``; the name

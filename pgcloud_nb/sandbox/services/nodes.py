@@ -6,7 +6,7 @@ clusters folder:
 - the node serving the service's port: the folder named after the service id
   at first; ``ServiceRow.node`` names another after a switchover;
 - its HA standbys (``<id>.s1``, ``<id>.s2``; ``ServiceRow.standbys``), internal
-  servers that are not services of the API (API-NOTES §3.1 ``pgHaType``).
+  servers that are not services of the API (docs/api-behaviour.md §6.2).
   They sit beside the service folders so ``cluster.stop_all`` (``sandbox stop``)
   finds them as it finds every ``*/pgdata``;
 - its WAL archive and base backups, ``.backups/<id>`` (:mod:`services.backups`).
@@ -37,7 +37,7 @@ __all__ = ["HA_STANDBYS", "Layout", "announce", "major"]
 log = logging.getLogger("pgcloud_nb.sandbox")
 ANNOUNCER = "pgcloud-nb-sandbox"  # the application_name of announce()'s session
 
-# API-NOTES §3.1 pgHaType: async is 1 standby, sync is 2 acknowledged by at least 1.
+# docs/api-behaviour.md §6.1: async is 1 standby, sync is 2 acknowledged by at least 1.
 HA_STANDBYS = {"none": 0, "async": 1, "sync": 2}
 
 
@@ -132,7 +132,7 @@ class Layout:
         settings = {**REPLICATION, **self.archive(row.id).settings()}
         names = [label(str(e["dir"])) for e in row.standbys]
         if row.ha_type == "sync" and names:
-            # API-NOTES §3.1: sync means 2 standbys, a commit acknowledged by at least 1.
+            # docs/api-behaviour.md §6.1: sync is 2 standbys; a commit waits for at least 1.
             settings["synchronous_commit"] = "on"
             settings["synchronous_standby_names"] = f"ANY 1 ({', '.join(names)})"
         else:

@@ -55,7 +55,7 @@ class Provisioning:
             name=body["name"],
             provider=body["provider"],
             region=body["region"],
-            # The docs call 17 the default when omitted (API-NOTES §4).
+            # The docs call 17 the default when omitted (docs/api-behaviour.md §4.2).
             postgres_version=str(body.get("postgresVersion", "17")),
             size=body["size"],
             ha_type=body.get("haType", "none"),
@@ -122,7 +122,7 @@ class Provisioning:
         if row.state == "deleting":
             return
         if row.state not in SETTLED:
-            # API-NOTES §1: 409 on DELETE while a transition is in flight.
+            # docs/api-behaviour.md §4.9: 409 on DELETE while a transition is in flight.
             raise Conflict(f"Service is {row.state}; delete it once the operation completes.")
         children = self.ctx.store.children(row.id)
         if children:

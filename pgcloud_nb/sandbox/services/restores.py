@@ -1,6 +1,6 @@
 """New services made from another's backups: point-in-time restores and read replicas; promotion.
 
-**Restore** (API-NOTES §5.6, §6): a new, independent service whose data is the
+**Restore** (docs/api-behaviour.md §7.2, §5.2): a new, independent service whose data is the
 source's at ``restoreTarget``. The newest base backup ended at or before the
 target is copied (``restoring_backup``), then PostgreSQL replays the source's
 archived WAL with ``recovery_target_time`` and ``recovery_target_action =
@@ -10,9 +10,9 @@ configuration asked for and a first base backup of its own
 size come from the source, ``haType`` is ``none`` ("server-assigned"). The
 response carries no password: the restored service has the superuser password
 the source had at the target, because that is what its data holds (the
-historic password; the real API leaves this open, clickhousectl #935).
+historic password; the real API leaves this open, docs/api-behaviour.md §3.4).
 
-**Read replica** (API-NOTES §5.7): a new service with ``isPrimary: false``,
+**Read replica** (docs/api-behaviour.md §7.3): a new service with ``isPrimary: false``,
 made from the primary's newest base backup and then following it as a hot
 standby (read-only): streaming, with the primary's WAL archive as fallback
 (:func:`replication.follow_settings`). It goes ``creating`` →
@@ -63,7 +63,7 @@ log = logging.getLogger("pgcloud_nb.sandbox")
 
 RESTORING = ("restoring_backup", "replaying_wal", "finalizing_restore")
 REPLICA_BUILDING = ("creating", "restoring_backup", "replaying_wal")
-# API-NOTES §1 / §5.7: the live API's exact wording.
+# docs/api-behaviour.md §7.3: the live API's exact wording.
 NO_BACKUPS = "Parent server is not ready for read replicas. There are no backups, yet."
 # PostgreSQL ≥ 14 stops instead of promoting when the WAL ends before the target.
 TARGET_NOT_REACHED = "before configured recovery target was reached"

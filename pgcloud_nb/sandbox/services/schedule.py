@@ -1,7 +1,7 @@
 """When base backups are taken: right after a primary is running, then every ``backup_interval``.
 
 The real service takes its first backup about 10 minutes after creation and a
-full one daily (API-NOTES §5.6); the sandbox takes the first as soon as the
+full one daily (docs/api-behaviour.md §7.1); the sandbox takes the first as soon as the
 server runs (so a replica or restore can be tried at once) and then follows
 the ``backup_interval`` knob (a day by default; tests set seconds). After each
 backup, backups older than ``backup_retention`` (7 days by default, the Scale

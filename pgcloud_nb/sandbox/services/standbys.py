@@ -2,12 +2,12 @@
 
 ``haType`` ``async`` runs one standby and ``sync`` two, with
 ``synchronous_standby_names = 'ANY 1 (…)'`` so a commit waits for one of them
-(API-NOTES §3.1). :meth:`Standbys.reconcile` makes the servers match the
+(docs/api-behaviour.md §6.1). :meth:`Standbys.reconcile` makes the servers match the
 stored ``haType``: it builds a missing standby with ``pg_basebackup`` from the
-primary (the real product builds it from backups, API-NOTES §5.3; the result is
+primary (the real product builds it from backups, docs/api-behaviour.md §6.3; the result is
 the same server), removes one too many, and starts recorded ones that are down
 (after a sandbox restart). The service stays ``running`` meanwhile
-(API-NOTES §6). Standbys are internal: the API never lists them.
+(docs/api-behaviour.md §4.7). Standbys are internal: the API never lists them (§6.2).
 
 :meth:`Standbys.switchover` moves the primary role to the first standby:
 

@@ -17,7 +17,7 @@ from pgcloud_nb.sandbox.telemetry.samples import INFO, PS, Sample
 __all__ = ["FAMILIES", "ServiceLabels", "render_prometheus"]
 
 # (name, type, HELP) in data-sheet order. Three HELP texts are verbatim from the
-# docs; the others are written from the data sheet's meanings (API-NOTES §13).
+# docs; the others are written from the data sheet's meanings (docs/api-behaviour.md §9.3).
 FAMILIES: tuple[tuple[str, str, str], ...] = (
     (INFO, "gauge", "Information about PostgreSQL service, including status and version."),
     (PS + "CPUCores", "gauge", "Number of CPU cores provisioned for the service."),

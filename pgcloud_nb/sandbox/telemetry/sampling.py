@@ -8,7 +8,7 @@ Prometheus text of the two ``/prometheus`` endpoints; `metrics_json`
 result (`PostgresMetrics`), with `plan_buckets` checking its window. This
 module holds the measuring only.
 
-How each of the 22 metrics of the data sheet is derived:
+How each of the 22 metrics of the data sheet (docs/api-behaviour.md §9.3) is derived:
 
 - ``PostgresServiceInfo`` — 1, labelled with the service's state and major
   version from the store (`ServiceLabels`); the only series of a service that

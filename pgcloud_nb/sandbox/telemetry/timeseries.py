@@ -19,7 +19,7 @@ from pgcloud_nb.sandbox.telemetry.samples import PS, Sample
 
 __all__ = ["MAX_POINTS", "metrics_json", "plan_buckets"]
 
-MAX_POINTS = 250  # the /metrics cap on data points [SPEC]
+MAX_POINTS = 250  # the /metrics cap on data points (spec; docs/api-behaviour.md §9.1)
 
 How = Literal["gauge", "rate", "increase", "cpu"]
 
@@ -65,7 +65,8 @@ def _m(
     return _JsonMetric(key, name, unit, text, how, sources, zero_missing=key == "connection_count")
 
 
-# The real key list is unknown (API-NOTES §13); keys and units follow the spec's examples.
+# The real key list is unpublished; keys and units follow the spec's examples
+# (docs/api-behaviour.md §9.1).
 _JSON_METRICS = (
     _m("cpu_usage", "CPU usage", "%", "cpu", (_Source("CPUSeconds_Total", "mode", skip=("idle",)),),
        "CPU time by mode as a share of the provisioned cores (idle left out)."),
