@@ -1,4 +1,4 @@
-"""The code stays ruff clean and mypy clean (the project's own config in pyproject.toml)."""
+"""The code stays ruff clean, ruff formatted and mypy clean (the config in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_ruff_is_clean() -> None:
     done = run("ruff", "check", ".")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    done = run("ruff", "format", "--check", ".")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
