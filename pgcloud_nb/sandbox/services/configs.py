@@ -52,6 +52,7 @@ from pgcloud_nb.sandbox.postgres.conffiles import (
     sync_user_conf,
 )
 from pgcloud_nb.sandbox.services.context import Context
+from pgcloud_nb.sandbox.services.hotstandby import standby_config
 from pgcloud_nb.sandbox.store import ServiceRow
 
 __all__ = ["STEPS", "Configs", "write_user_conf"]
@@ -127,7 +128,7 @@ class Configs:
                 raise
             reached("config:reloaded")
             for node in ctx.layout.standbys(row):  # the same settings, as a standby can
-                await ctx.run(self._follow, node, pg_config)
+                await ctx.run(self._follow, node, standby_config(pg_config))
                 reached("config:standby-reloaded")
             ctx.store.update(row.id, config_undo=None)
             reached("config:settled")
@@ -167,7 +168,7 @@ class Configs:
         for node in [serving, *ctx.layout.standbys(row)]:
             if not node.pgdata.is_dir():
                 continue  # a standby cut short: the standbys' reconcile makes it again
-            settings = row.pg_config
+            settings = row.pg_config if node is serving else standby_config(row.pg_config)
             changed = write_user_conf(node, settings)
             if (changed or in_flight) and node.is_running():
                 try:

@@ -13,7 +13,9 @@ hands it to each; none of them knows the lifecycle:
 
 - :mod:`.provisioning`: create, delete, and starting services again after a restart;
 - :mod:`.standbys`: HA standbys and switchover; :mod:`.schedule`: base backups;
-- :mod:`.restores`: point-in-time restores, read replicas and promotion;
+- :mod:`.restores`: point-in-time restores, read replicas and promotion (made in
+  steps by :mod:`.making`: deletable at each, failing visibly);
+- :mod:`.followers`: replicas and standbys kept able to follow their primary's settings;
 - :mod:`.sampler` and :mod:`.querystats`: what the metrics and insights endpoints read;
 - :mod:`.configs`: configuration writes no crash can split, and their reconcile at start.
 
@@ -44,6 +46,7 @@ from pgcloud_nb.sandbox.services import access_lists
 from pgcloud_nb.sandbox.services.catalog import BackupEntry, catalog
 from pgcloud_nb.sandbox.services.configs import Configs
 from pgcloud_nb.sandbox.services.context import Context, require_running
+from pgcloud_nb.sandbox.services.followers import Followers
 from pgcloud_nb.sandbox.services.naming import generate_password, rename_hostname
 from pgcloud_nb.sandbox.services.provisioning import Provisioning
 from pgcloud_nb.sandbox.services.querystats import QueryStats
@@ -70,6 +73,7 @@ class Lifecycle:
         self._making = Provisioning(ctx, self._backups, self._ha, self._sampler)
         self._restores = Restores(ctx, self._backups, self._ha)
         self._configs = Configs(ctx)
+        self._followers = Followers(ctx, self._configs)
 
     # -- lookups ------------------------------------------------------------
 
@@ -156,6 +160,9 @@ class Lifecycle:
         return updated
 
     async def delete(self, row: ServiceRow) -> None:
+        if self._restores.cancel(row):  # a restore or replica being made stops being made
+            self._ctx.spawn(self._making.remove(row.id), f"delete {row.id}")
+            return
         self._making.delete(row)
 
     # -- state commands -------------------------------------------------------
@@ -174,8 +181,10 @@ class Lifecycle:
             if row is None:
                 return
             try:
-                # Standbys first: a hot standby needs settings such as max_connections at
-                # least as high as its primary's.
+                # Followers first: a hot standby needs settings such as max_connections at
+                # least as high as its primary's (followers.py).
+                if row.is_primary:
+                    await self._followers.restart_first(row.id)
                 for node in [*ctx.layout.standbys(row), ctx.cluster(row)]:
                     await ctx.run(node.restart)
             except Exception as exc:
@@ -212,6 +221,7 @@ class Lifecycle:
             row = ctx.store.get(service_id)
             if row is None or row.state != "running":
                 return
+            await self._followers.restart_first(row.id)  # the primary restarts, in effect
             if row.standbys:
                 await self._ha.switchover(row)
             else:
@@ -238,7 +248,14 @@ class Lifecycle:
         split (:mod:`.configs`); a value PostgreSQL refuses changes nothing.
         """
         require_running(row, "changing the configuration")
-        return await self._configs.write(row, pg_config, bouncer)
+        changes: list[str] = []
+        if not row.is_primary:  # as a hot standby of its primary can run it (followers.py)
+            pg_config, changes = await self._followers.for_replica(row, pg_config)
+        pending = await self._configs.write(row, pg_config, bouncer)
+        await self._followers.tell(row, changes, pending)
+        if row.is_primary:  # its replicas take raised values now; a restart restarts them first
+            await self._followers.follow(row.id)
+        return pending
 
     async def max_connections(self, row: ServiceRow) -> str | None:
         """The server's max_connections when no user config sets it (what the config

@@ -30,6 +30,7 @@ from pgcloud_nb.sandbox.postgres.binaries import for_node
 from pgcloud_nb.sandbox.postgres.cluster import Cluster
 from pgcloud_nb.sandbox.postgres.replication import follow_settings
 from pgcloud_nb.sandbox.services.backups import Archive
+from pgcloud_nb.sandbox.services.hotstandby import NODE_DEFAULTS
 from pgcloud_nb.sandbox.store import ServiceRow
 
 __all__ = ["HA_STANDBYS", "Layout", "announce", "major"]
@@ -43,10 +44,14 @@ HA_STANDBYS = {"none": 0, "async": 1, "sync": 2}
 
 # Every node streams to its HA standbys, to the service's read replicas (one WAL sender
 # each; a service may have as many as the org's quota) and to pg_basebackup. A standby
-# needs at least its primary's max_wal_senders, so all nodes share these. WAL is kept
+# needs at least its primary's max_wal_senders & co. (hotstandby.py), so every node
+# pins them: what pgConfig does not set is the same everywhere. WAL is kept
 # for standbys that lag (a checkpoint, the shutdown one of a switchover included, would
 # otherwise recycle a segment a WAL sender still has to send); the archive covers more.
-REPLICATION = {"max_wal_senders": "64", "wal_keep_size": "256MB"}
+REPLICATION = {
+    **{name: str(value) for name, value in NODE_DEFAULTS.items()},
+    "wal_keep_size": "256MB",
+}
 
 
 def label(folder: str) -> str:

@@ -3,8 +3,9 @@
 A create is answered at once in state ``creating``; :meth:`Provisioning.provision`
 then makes the server in a worker thread (a copy of the template data folder,
 fresh certificates, the settings asked for) and moves the service to
-``running``, or to ``unavailable`` with its folder removed. A delete answers
-at once too (``deleting``) and :meth:`Provisioning.remove` removes every node
+``running``, or to ``unavailable`` with the reason in its log
+(:func:`.making.fail`). A delete answers at once too (``deleting``) and
+:meth:`Provisioning.remove` removes every node
 and the backups. :meth:`Provisioning.ensure_started` starts a running
 service's serving node again after a sandbox restart, in the role and with the
 settings the store gives it.
@@ -23,6 +24,7 @@ from pgcloud_nb.sandbox.postgres.cluster import Cluster
 from pgcloud_nb.sandbox.services import access_lists
 from pgcloud_nb.sandbox.services.configs import write_user_conf
 from pgcloud_nb.sandbox.services.context import SETTLED, Context
+from pgcloud_nb.sandbox.services.making import fail
 from pgcloud_nb.sandbox.services.naming import generate_password, make_hostname
 from pgcloud_nb.sandbox.services.nodes import announce
 from pgcloud_nb.sandbox.services.sampler import Sampler
@@ -86,8 +88,7 @@ class Provisioning:
                 await ctx.run(self._build, cluster, row)
             except Exception as exc:
                 log.error("service %s failed to start: %s", service_id, exc)
-                await ctx.run(cluster.remove)
-                ctx.store.update(service_id, state="unavailable", pending_password=None)
+                await ctx.run(fail, ctx, row, exc)  # unavailable, saying why in its log
                 return
             if ctx.settings.provisioning_delay:
                 await asyncio.sleep(ctx.settings.provisioning_delay)
@@ -126,11 +127,19 @@ class Provisioning:
             raise Conflict(f"Service is {row.state}; delete it once the operation completes.")
         children = self.ctx.store.children(row.id)
         if children:
-            # API-NOTES §5.4: a primary cannot be deleted while read replicas reference it.
-            ids = ", ".join(c.id for c in children)
-            if any(not c.is_primary for c in children):
-                raise Conflict(f"Service has read replicas ({ids}); delete them first.")
-            raise Conflict(f"Service is the source of restores in progress ({ids}).")
+            # docs/api-behaviour.md, "Delete": a primary cannot be deleted while read replicas
+            # reference it; nor may a restore in progress lose the WAL archive it replays.
+            replicas = ", ".join(c.id for c in children if not c.is_primary)
+            restores = ", ".join(c.id for c in children if c.is_primary)
+            said = []
+            if replicas:
+                said.append(f"Service has read replicas ({replicas}); delete them first.")
+            if restores:
+                said.append(
+                    f"Service is the source of a restore in progress ({restores}); delete it"
+                    " once the restore is running, or delete the restore."
+                )
+            raise Conflict(" ".join(said))
         self.ctx.store.update(row.id, state="deleting")
         self.ctx.spawn(self.remove(row.id), f"delete {row.id}")
 

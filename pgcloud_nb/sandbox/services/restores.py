@@ -4,8 +4,9 @@
 source's at ``restoreTarget``. The newest base backup ended at or before the
 target is copied (``restoring_backup``), then PostgreSQL replays the source's
 archived WAL with ``recovery_target_time`` and ``recovery_target_action =
-promote`` (``replaying_wal``); once promoted it gets its own settings, the
-configuration asked for and a first base backup of its own
+promote`` (``replaying_wal``), as a cold standby: no setting of the source's
+can pause it (:func:`replication.restore_settings`); once promoted it gets its
+own settings, the configuration asked for and a first base backup of its own
 (``finalizing_restore``), then it is ``running``. Provider, region, version and
 size come from the source, ``haType`` is ``none`` ("server-assigned"). The
 response carries no password: the restored service has the superuser password
@@ -18,21 +19,23 @@ standby (read-only): streaming, with the primary's WAL archive as fallback
 (:func:`replication.follow_settings`). It goes ``creating`` →
 ``restoring_backup`` → ``replaying_wal`` → ``running``, the last once it has
 replayed what the primary had written when it started. Its superuser and
-password are the primary's, replicated with the data.
+password are the primary's, replicated with the data. Its pgConfig is derived
+from the primary's before its first start (:mod:`.followers`): the store keeps
+what it really runs.
 
 **Promote** ends a replica's recovery with ``pg_promote()``: it becomes a
 writable primary with its own archive and backups (``isPrimary: true``).
 
-A failure part-way removes the new service entirely (its row, its folders and
-its archive): no half-made service is left. Each step is recorded in the
-store, and :meth:`Restores.resumes` redoes one cut short by a crash from its
-backup copy (a finished replay only finalizes).
+A failure part-way leaves the new service ``unavailable``, its server stopped
+and the reason in its log, until it is deleted; a DELETE is answered at any step
+(:mod:`.making`). Each step is recorded in the store, and
+:meth:`Restores.resumes` redoes one cut short by a crash from its backup copy (a
+finished replay only finalizes).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -50,9 +53,14 @@ from pgcloud_nb.sandbox.postgres.replication import (
 )
 from pgcloud_nb.sandbox.services import access_lists
 from pgcloud_nb.sandbox.services.backups import Archive, BaseBackup
+from pgcloud_nb.sandbox.services.configs import write_user_conf
 from pgcloud_nb.sandbox.services.context import Context, require_running
+from pgcloud_nb.sandbox.services.followers import changed_note, minimums
+from pgcloud_nb.sandbox.services.hotstandby import for_standby
+from pgcloud_nb.sandbox.services.making import Making
 from pgcloud_nb.sandbox.services.naming import make_hostname
 from pgcloud_nb.sandbox.services.nodes import REPLICATION, announce
+from pgcloud_nb.sandbox.services.notes import note
 from pgcloud_nb.sandbox.services.schedule import BackupSchedule
 from pgcloud_nb.sandbox.services.standbys import Standbys
 from pgcloud_nb.sandbox.store import ServiceRow
@@ -67,7 +75,7 @@ REPLICA_BUILDING = ("creating", "restoring_backup", "replaying_wal")
 NO_BACKUPS = "Parent server is not ready for read replicas. There are no backups, yet."
 # PostgreSQL ≥ 14 stops instead of promoting when the WAL ends before the target.
 TARGET_NOT_REACHED = "before configured recovery target was reached"
-REPLAY_TIMEOUT_S = 1800.0
+REPLAY_TIMEOUT_S = 1800.0  # the bound on a replay; past it the new service fails visibly
 CATCH_UP_S = 120.0
 
 
@@ -76,6 +84,7 @@ class Restores:
         self.ctx = ctx
         self.backups = backups
         self.ha = ha
+        self.making = Making(ctx)
 
     # -- the requests
 
@@ -161,6 +170,20 @@ class Restores:
             return False
         return True
 
+    # -- a DELETE while being made
+
+    def cancel(self, row: ServiceRow) -> bool:
+        """A DELETE of a restore or replica still being made: it stops being made and
+        goes ``deleting`` (:meth:`Making.cancel`); False when it is not being made."""
+        found = self.ctx.store.get(row.id)
+        if found is None:
+            return False
+        restoring = bool(found.restore_target) and found.state in RESTORING
+        if not (restoring or (not found.is_primary and found.state in REPLICA_BUILDING)):
+            return False
+        self.making.cancel(found)
+        return True
+
     # -- doing them
 
     async def restore(self, service_id: str) -> None:
@@ -172,15 +195,8 @@ class Restores:
     async def _make(self, service_id: str, states: tuple[str, ...], build: Any) -> None:
         ctx = self.ctx
         async with ctx.lock(service_id):
-            row = ctx.store.get(service_id)
-            if row is None or row.state not in states:
-                return
-            try:
-                await ctx.run(build, row)
-            except Exception as exc:
-                log.error("making service %s failed; removing it: %s", service_id, exc)
-                await ctx.run(ctx.layout.remove_all, row)
-                ctx.store.delete(service_id)
+            row = await self.making.run(service_id, states, build)
+            if row is None:
                 return
             ctx.store.update(
                 service_id,
@@ -214,13 +230,12 @@ class Restores:
         return cluster
 
     def _restore(self, row: ServiceRow) -> None:
-        store = self.ctx.store
         if row.state != "finalizing_restore":
             source = self._source(row)
             archive = self.ctx.layout.archive(source.id)
             assert row.restore_target is not None
             target = datetime.fromisoformat(row.restore_target)
-            store.update(row.id, state="restoring_backup")
+            self.making.step(row.id, "restoring_backup")
             if source.state == "running":
                 try:  # the archive must hold a commit after the target (Archive.flush)
                     archive.flush(self.ctx.cluster(source))
@@ -232,7 +247,7 @@ class Restores:
             if not self._replay(row, backup, archive, target):
                 # No commit after the target was archived: all archived WAL is before it.
                 self._replay(row, backup, archive, None)
-        store.update(row.id, state="finalizing_restore")
+        self.making.step(row.id, "finalizing_restore")
         self._finalize(row)
 
     def _replay(
@@ -241,14 +256,12 @@ class Restores:
         """Recover a copy of ``backup`` up to ``target``; False if the WAL ended before it."""
         cluster = self._fresh(row, backup, restore_settings(source.wal_dir, target))
         cluster.set_signal("recovery")
-        self.ctx.store.update(row.id, state="replaying_wal")
-        deadline = time.monotonic() + REPLAY_TIMEOUT_S
+        self.making.step(row.id, "replaying_wal")
         try:
+            # A cold standby is ready only once promoted: the start is the whole replay.
             cluster.start(timeout=REPLAY_TIMEOUT_S)
-            while in_recovery(cluster):
-                if time.monotonic() > deadline:
-                    raise EngineError(f"{row.id} did not finish recovery in time")
-                time.sleep(0.05)
+            if in_recovery(cluster):
+                raise EngineError("the restored server is still recovering after its start")
         except Exception as exc:
             if target is not None and TARGET_NOT_REACHED in f"{exc}\n{cluster.log_tail(50)}":
                 cluster.stop("immediate")
@@ -286,12 +299,20 @@ class Restores:
         found = ctx.layout.archive(parent.id).backups()
         if not found:
             raise EngineError(NO_BACKUPS)
-        ctx.store.update(row.id, state="restoring_backup")
+        self.making.step(row.id, "restoring_backup")
         cluster = self._fresh(row, found[-1], ctx.layout.replica_settings(row, parent))
+        # Its pgConfig as a hot standby of this primary can run it (hotstandby.py),
+        # written before its first start; the store keeps what it really runs.
+        least = minimums(parent, ctx.cluster(parent), cluster)
+        config, changes = for_standby(row.pg_config, least)
+        row = ctx.store.update(row.id, pg_config=config) or row
+        write_user_conf(cluster, config)
+        if changes:
+            note(cluster, changed_note("this read replica", changes))
         cluster.set_signal("standby")
-        ctx.store.update(row.id, state="replaying_wal")
+        self.making.step(row.id, "replaying_wal")
         cluster.start(timeout=REPLAY_TIMEOUT_S)
-        self._configure(cluster, row, parent.pg_config)
+        self._configure(cluster, row, for_standby(parent.pg_config, least)[0])
         try:
             caught_up = wait_caught_up(ctx.cluster(parent), cluster, CATCH_UP_S)
         except psycopg.OperationalError as exc:  # the primary restarting meanwhile

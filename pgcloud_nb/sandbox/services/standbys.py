@@ -24,6 +24,10 @@ the same server), removes one too many, and starts recorded ones that are down
    from a fresh pg_basebackup;
 5. other standbys and the read replicas are pointed at the new primary (before
    step 4: under ``sync``, commits wait until one standby streams again).
+
+Each node runs the service's pgConfig as its role needs it: the primary as is, a
+standby as :func:`~.hotstandby.standby_config` makes it (no serializable default,
+which fails every query on a standby); a switchover rewrites both.
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ from pgcloud_nb.sandbox.postgres.replication import (
     wait_received,
     wait_streaming,
 )
+from pgcloud_nb.sandbox.services.configs import write_user_conf
 from pgcloud_nb.sandbox.services.context import Context
+from pgcloud_nb.sandbox.services.hotstandby import standby_config
 from pgcloud_nb.sandbox.services.nodes import HA_STANDBYS, label
 from pgcloud_nb.sandbox.store import ServiceRow
 
@@ -109,6 +115,7 @@ class Standbys:
         if node.is_running():
             return
         node.write_base_conf(self.ctx.layout.standby_settings(row, str(entry["dir"])))
+        write_user_conf(node, standby_config(row.pg_config))  # it may have been the primary
         node.set_signal("standby")
         node.start(timeout=120)
 
@@ -127,6 +134,9 @@ class Standbys:
 
     def _join(self, row: ServiceRow, node: Cluster, folder: str) -> None:
         node.copy_identity(self.ctx.cluster(row))
+        # A copy of the primary, or the old primary: the primary's settings as a standby
+        # runs them (hotstandby.py: serializable, for one, fails every query there).
+        write_user_conf(node, standby_config(row.pg_config))
         node.set_signal("standby")
         node.start(timeout=120)
         if not wait_streaming(self.ctx.cluster(row), label(folder), STREAM_WAIT_S):
@@ -161,6 +171,7 @@ class Standbys:
         standby.stop("fast")
         new = ctx.cluster(swapped)  # the same folder, on the service's port
         new.write_base_conf(layout.primary_settings(swapped))
+        write_user_conf(new, swapped.pg_config)  # the primary's own, no longer a standby's
         new.start(timeout=120)
         log.info(
             "switchover of %s: %s serves after %.2fs", row.id, new_folder, time.monotonic() - began
