@@ -25,8 +25,19 @@ from test_lifecycle_advanced import (
 )
 
 from pgcloud_nb.sandbox import SandboxInfo
+from pgcloud_nb.sandbox.insights.logs import LogIndex, LogQuery
+from pgcloud_nb.sandbox.postgres.cluster import Cluster
+from pgcloud_nb.sandbox.postgres.osuser import usable_clusters_dir
+from pgcloud_nb.sandbox.services.hotstandby import (
+    NODE_DEFAULTS,
+    for_standby,
+    needed,
+    pg_int,
+    standby_config,
+)
+from pgcloud_nb.sandbox.services.notes import note, reason
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # the tests over a real sandbox; the rules' own tests are fast
 
 Make = Callable[..., dict[str, Any]]
 NOTE = "pgcloud-nb sandbox:"
@@ -101,6 +112,7 @@ def settled(api: httpx.Client, sid: str, timeout: float = 180) -> dict[str, Any]
     raise AssertionError(f"{sid} still {svc['state']} after {timeout}s")
 
 
+@slow
 def test_replica_of_a_primary_with_raised_max_connections(
     api: httpx.Client, make: Make, replica_of: Make
 ) -> None:
@@ -131,6 +143,7 @@ def test_replica_of_a_primary_with_raised_max_connections(
     assert written["pgConfig"]["max_connections"] == "200"
 
 
+@slow
 def test_replica_of_a_serializable_primary(api: httpx.Client, make: Make, replica_of: Make) -> None:
     """A standby runs no serializable transaction: the replica runs repeatable read."""
     prim = make(pgConfig={"default_transaction_isolation": "serializable"})
@@ -147,6 +160,7 @@ def test_replica_of_a_serializable_primary(api: httpx.Client, make: Make, replic
     assert log_lines(api, rep["id"], "serializable")
 
 
+@slow
 def test_ha_standbys_of_a_serializable_primary(api: httpx.Client, make: Make) -> None:
     """The HA standby streams, and after a switchover the new primary runs the
     service's serializable while the old one follows as a standby."""
@@ -165,6 +179,7 @@ def test_ha_standbys_of_a_serializable_primary(api: httpx.Client, make: Make) ->
     eventually(lambda: len(standbys(dsn)) == 1, 90, "the old primary following")
 
 
+@slow
 @pytest.mark.parametrize("change", ["max_connections", "serializable"])
 def test_restore_of_a_primary_whose_settings_changed(
     api: httpx.Client, make: Make, made: list[str], change: str
@@ -197,6 +212,7 @@ def test_restore_of_a_primary_whose_settings_changed(
     assert show(rdsn, name) == want
 
 
+@slow
 def test_restore_and_replica_can_be_deleted_while_made(
     api: httpx.Client, make: Make, made: list[str], replica_of: Make
 ) -> None:
@@ -231,6 +247,7 @@ def newest_backup(info: SandboxInfo, sid: str) -> Path:
     return sorted(p for p in base.iterdir() if p.is_dir())[-1]
 
 
+@slow
 def test_replica_that_cannot_start_is_unavailable_and_says_why(
     api: httpx.Client, make: Make, sandbox: SandboxInfo, replica_of: Make
 ) -> None:
@@ -253,6 +270,7 @@ def test_replica_that_cannot_start_is_unavailable_and_says_why(
     wait_gone(api, rep["id"], timeout=120)
 
 
+@slow
 def test_raising_a_primary_keeps_its_replica_and_standby_running(
     api: httpx.Client, make: Make, replica_of: Make
 ) -> None:
@@ -282,3 +300,54 @@ def test_raising_a_primary_keeps_its_replica_and_standby_running(
     eventually(lambda: sql(rdsn, "SELECT count(*) FROM t")[0][0] == 2, 60, "replication")
     assert result(api.get(f"/postgres/{rep['id']}"))["state"] == "running"
     eventually(lambda: len(standbys(dsn)) == 1, 90, "the standby streaming again")
+
+
+# -- the rules themselves (no server)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("200", 200), (" 200 ", 200), ("0x40", 64), ("010", 8), ("64.4", 64), ("2e2", 200)],
+)
+def test_integers_read_as_postgresql_reads_them(text: str, value: int) -> None:
+    assert pg_int(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "abc", "12abc", "1e999", "nan"])
+def test_what_postgresql_reads_no_integer_from(text: str) -> None:
+    assert pg_int(text) is None
+
+
+def test_a_follower_runs_at_least_its_primarys_settings() -> None:
+    least = needed({"max_connections": "200"}, {"max_worker_processes": 16})
+    assert least == {**NODE_DEFAULTS, "max_connections": 200, "max_worker_processes": 16}
+    asked = {"max_connections": "50", "work_mem": "8MB"}
+    config, changes = for_standby(asked, least)
+    assert config == {"max_connections": "200", "work_mem": "8MB", "max_worker_processes": "16"}
+    assert len(changes) == 2 and "max_connections 50 -> 200" in changes[0]
+    assert for_standby({"max_connections": "300"}, least)[0]["max_connections"] == "300"
+    assert for_standby({}, needed({}))[1] == []  # a default primary changes nothing
+
+
+def test_a_standby_runs_repeatable_read_for_serializable() -> None:
+    config = {"default_transaction_isolation": " SERIALIZABLE", "work_mem": "4MB"}
+    assert standby_config(config) == {
+        "default_transaction_isolation": "repeatable read",
+        "work_mem": "4MB",
+    }
+    kept = {"default_transaction_isolation": "read committed"}
+    assert standby_config(kept) == kept
+
+
+def test_a_note_on_a_stopped_server_is_a_log_line_the_logs_endpoint_reads(
+    tmp_path: Path,
+) -> None:
+    node = Cluster(usable_clusters_dir(tmp_path / "clusters") / "svc", 5999)
+    note(node, "could not be made: " + reason(RuntimeError("server in /x/y failed\nmore")))
+    note(node, "a second line", "ERROR")
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    query = LogQuery(start=start.timestamp(), end=start.timestamp() + 120, descending=False)
+    entries = LogIndex(node.log_dir).entries(query)
+    assert [e["severity"] for e in entries] == ["LOG", "ERROR"]
+    assert entries[0]["body"] == f"{NOTE} could not be made: server in <path> failed"
+    assert oct(node.log_dir.stat().st_mode & 0o777) == "0o700"
