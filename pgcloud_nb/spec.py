@@ -13,6 +13,7 @@ problem as a :class:`FieldError` naming the field, in the API's own wording
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -24,6 +25,7 @@ from referencing.jsonschema import DRAFT202012
 
 from pgcloud_nb.contract import SPEC_FILE, enum_values, load
 from pgcloud_nb.livecontract import overlaid
+from pgcloud_nb.specrules import WholeStringValidator, unsafe_text
 
 __all__ = [
     "UNKNOWN",
@@ -100,9 +102,10 @@ def _registry() -> Registry:
 @cache
 def _validator(name: str) -> jsonschema.Draft202012Validator:
     ref = {"$ref": f"{_URI}#/components/schemas/{name}"}
-    return jsonschema.Draft202012Validator(
+    validator: jsonschema.Draft202012Validator = WholeStringValidator(
         ref, registry=_registry(), format_checker=jsonschema.FormatChecker()
     )
+    return validator
 
 
 def _resolved(name: str) -> dict[str, Any]:
@@ -112,7 +115,8 @@ def _resolved(name: str) -> dict[str, Any]:
     return node
 
 
-def _path(parts: Any) -> str:
+def field_path(parts: Iterable[str | int]) -> str:
+    """A field's name as the API's errors write it: ``tags[0].key``, ``pgConfig.work_mem``."""
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
@@ -140,13 +144,16 @@ def validate_body(name: str, body: Any, *, required: tuple[str, ...] = ()) -> li
     (:mod:`pgcloud_nb.livecontract`: ``ipAccessList``, tags need a value).
     Beyond the schema: the body must be a JSON object (the spec's object schemas
     lack ``type: object``), and unknown top-level properties are refused, as the
-    real API does ("request body property can't be validated: name").
+    real API does ("request body property can't be validated: name"); no string, nor
+    property name, may hold a control character or a lone surrogate, and ``pattern``
+    has its ECMA-262 meaning (:mod:`pgcloud_nb.specrules`).
     ``required`` adds fields the real API needs although the spec marks them
     optional (docs/api-behaviour.md §1.3).
     """
     if not isinstance(body, dict):
         return [FieldError("", f"expected a JSON object, got {type(body).__name__}")]
-    errors: list[FieldError] = []
+    # Text no field may hold comes first: it is the reason, whatever else the field breaks.
+    errors = [FieldError(field_path(parts), why) for parts, why in unsafe_text(body)]
     known = _live_properties(name)
     for key in body:
         if key not in known:
@@ -159,13 +166,13 @@ def validate_body(name: str, body: Any, *, required: tuple[str, ...] = ()) -> li
         if err.validator == "required":
             missing = err.message.split("'")[1] if "'" in err.message else ""
             path = [*path, missing] if missing else path
-            errors.append(FieldError(_path(path), "is required"))
+            errors.append(FieldError(field_path(path), "is required"))
         elif err.validator == "additionalProperties":
             known_here = err.schema.get("properties", {})
             for extra in (k for k in err.instance if k not in known_here):
-                errors.append(FieldError(_path([*path, extra]), UNKNOWN))
+                errors.append(FieldError(field_path([*path, extra]), UNKNOWN))
         else:
-            errors.append(FieldError(_path(path), _describe(err)))
+            errors.append(FieldError(field_path(path), _describe(err)))
     # A field may break several rules; report each field once, first rule first.
     seen: set[str] = set()
     unique = []

@@ -10,8 +10,9 @@ the lock when the process dies, even after ``kill -9``.
 
 A server counts as *running* when its pid is alive **and**
 ``GET /v1/organizations`` answers 200 with the home's credentials. These probes
-carry :data:`~pgcloud_nb.sandbox.api.realism.PROBE_HEADER`, so they never use up the
-rate limit and are never hit by injected faults.
+carry :data:`~pgcloud_nb.sandbox.api.realism.PROBE_HEADER` with the key (the header
+counts only beside the right key and secret), so they never use up the rate limit
+and are never hit by injected faults.
 
 ``PGCLOUD_SANDBOX_APP="module:factory"`` replaces the app factory. Tests use it
 to run the process machinery on a stand-in app.

@@ -32,6 +32,9 @@ def create_app(settings: Settings) -> Starlette:
     creds = home.credentials()
     expected = "Basic " + base64.b64encode(f"{creds.key_id}:{creds.key_secret}".encode()).decode()
 
+    def key_of(authorization: str) -> str | None:
+        return creds.key_id if authorization == expected else None
+
     async def orgs(request: Request) -> JSONResponse:
         if request.headers.get("authorization") != expected:
             body = {"status": 401, "error": "unauthorized", "requestId": str(uuid.uuid4())}
@@ -49,6 +52,7 @@ def create_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=[Route("/v1/organizations", orgs)],
-        middleware=[Middleware(FaultMiddleware, settings=settings)],
+        # As the real app: only the right key and secret spend (or skip) the key's budget.
+        middleware=[Middleware(FaultMiddleware, settings=settings, key_of=key_of)],
         lifespan=lifespan,
     )

@@ -69,9 +69,18 @@ def basic(key_id: str, secret: str = "secret") -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
+def key_of(authorization: str) -> str | None:
+    """The stand-in key check: keys A and B, each with the secret "secret"."""
+    for key_id in ("A", "B"):
+        if authorization == basic(key_id)["Authorization"]:
+            return key_id
+    return None
+
+
 def wrap(settings: Settings, clock: FakeClock | None = None) -> tuple[FaultMiddleware, list[str]]:
     app, created = tiny_app()
-    return FaultMiddleware(app, settings, FaultStats(), clock=clock or FakeClock()), created
+    mw = FaultMiddleware(app, settings, FaultStats(), clock=clock or FakeClock(), key_of=key_of)
+    return mw, created
 
 
 @pytest.fixture
@@ -129,18 +138,21 @@ def test_idle_keys_are_forgotten() -> None:
     assert len(rl._log) < 10
 
 
-def test_key_from_basic_auth_else_ip() -> None:
+def test_only_a_proven_key_has_a_budget_of_its_own() -> None:
     def scope(headers: dict[str, str]) -> dict[str, Any]:
         raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         return {"headers": raw, "client": ("10.1.2.3", 5555)}
 
-    assert rate_limit_key(scope(basic("KEYID"))) == "key:KEYID"
-    assert rate_limit_key(scope(basic("KEYID", "other"))) == "key:KEYID"
-    assert rate_limit_key(scope({})) == "ip:10.1.2.3"
-    assert rate_limit_key(scope({"Authorization": "Basic !!!"})) == "ip:10.1.2.3"
-    assert rate_limit_key(scope({"Authorization": "Bearer abc"})) == "ip:10.1.2.3"
+    assert rate_limit_key(scope(basic("A")), key_of) == "key:A"
+    # The key ID is no secret: a wrong secret, or a made-up key ID, is the caller's address.
+    assert rate_limit_key(scope(basic("A", "other")), key_of) == "ip:10.1.2.3"
+    assert rate_limit_key(scope(basic(str(uuid.uuid4()))), key_of) == "ip:10.1.2.3"
+    assert rate_limit_key(scope({}), key_of) == "ip:10.1.2.3"
+    assert rate_limit_key(scope({"Authorization": "Basic !!!"}), key_of) == "ip:10.1.2.3"
+    assert rate_limit_key(scope({"Authorization": "Bearer abc"}), key_of) == "ip:10.1.2.3"
     no_colon = base64.b64encode(b"nocolon").decode()
-    assert rate_limit_key(scope({"Authorization": f"Basic {no_colon}"})) == "ip:10.1.2.3"
+    assert rate_limit_key(scope({"Authorization": f"Basic {no_colon}"}), key_of) == "ip:10.1.2.3"
+    assert rate_limit_key(scope(basic("A")), None) == "ip:10.1.2.3"  # no key check: no keys
 
 
 # --- the middleware over ASGI ------------------------------------------------------------
@@ -181,13 +193,38 @@ async def test_unauthenticated_counted_per_ip(client_for: Any, tmp_path: Path) -
     assert (await c.get("/ping", headers=basic("A"))).status_code == 200
 
 
-async def test_probes_bypass_limit_and_faults(client_for: Any, tmp_path: Path) -> None:
+async def test_probes_with_the_key_bypass_limit_and_faults(client_for: Any, tmp_path: Path) -> None:
     mw, _ = wrap(Settings(home=tmp_path, rate_limit=1, faults={"503": 1.0}))
     c = client_for(mw)
     for _ in range(5):
-        assert (await c.get("/ping", headers={PROBE_HEADER: "1"})).status_code == 200
+        assert (await c.get("/ping", headers={PROBE_HEADER: "1", **basic("A")})).status_code == 200
     assert mw.stats.probes == 5
-    assert (await c.get("/ping")).status_code == 503  # the budget is still whole
+    assert (await c.get("/ping", headers=basic("A"))).status_code == 503  # the budget is whole
+
+
+async def test_probe_header_without_the_key_is_no_pass(client_for: Any, tmp_path: Path) -> None:
+    mw, _ = wrap(Settings(home=tmp_path, rate_limit=2, rate_window=5))
+    c = client_for(mw)
+    for headers in ({PROBE_HEADER: "1"}, {PROBE_HEADER: "1", **basic("A", "wrong")}):
+        codes = [(await c.get("/ping", headers=headers)).status_code for _ in range(3)]
+        assert codes[-1] == 429, codes
+    assert mw.stats.probes == 0 and mw.stats.limited >= 2
+
+
+async def test_wrong_secrets_and_made_up_keys_spend_the_address_budget(
+    client_for: Any, tmp_path: Path
+) -> None:
+    mw, _ = wrap(Settings(home=tmp_path, rate_limit=10, rate_window=10))
+    c = client_for(mw)
+    wrong = [(await c.get("/ping", headers=basic("A", "guess"))).status_code for _ in range(10)]
+    assert wrong == [200] * 10  # the stand-in app answers; the real one says 401
+    # The real key still has its whole budget...
+    assert [(await c.get("/ping", headers=basic("A"))).status_code for _ in range(10)] == [200] * 10
+    # ...while the address that sent the guesses has none left, whatever key ID it makes up.
+    for _ in range(5):
+        r = await c.get("/ping", headers=basic(str(uuid.uuid4())))
+        assert r.status_code == 429
+    assert (await c.get("/ping")).status_code == 429
 
 
 @pytest.mark.parametrize("kind", ["500", "503", "429"])
@@ -272,7 +309,7 @@ async def test_drop_sends_headers_only(tmp_path: Path) -> None:
 def real_server(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     app, created = tiny_app()
     settings = Settings(home=tmp_path, rate_limit=0, faults={"drop": 0.5}, seed=3)
-    mw = FaultMiddleware(app, settings)
+    mw = FaultMiddleware(app, settings, key_of=key_of)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(mw, log_level="critical", lifespan="off"))

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pgcloud_nb.sandbox.api.wire import bad_request, ok
+from pgcloud_nb.sandbox.api.wire import bad_request, ok, shown
 from pgcloud_nb.sandbox.errors import HTTPProblem
 from pgcloud_nb.sandbox.home import Credentials
 from pgcloud_nb.sandbox.services.lifecycle import Lifecycle
@@ -33,17 +33,24 @@ class Access:
         self.creds = creds
         self.life = life
 
-    def check_auth(self, request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
+    def key_of(self, authorization: str) -> str | None:
+        """The key ID if ``authorization`` carries the sandbox's key and secret, else None.
+
+        Both parts are compared in constant time. The rate limit asks this too: only a
+        request that proves the key spends the key's budget (:mod:`.realism`).
+        """
+        scheme, _, token = authorization.partition(" ")
         try:
-            user, _, secret = base64.b64decode(token, validate=True).decode().partition(":")
+            user, _, secret = base64.b64decode(token.strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             user, secret = "", ""
         good = hmac.compare_digest(user.encode(), self.creds.key_id.encode()) & hmac.compare_digest(
             secret.encode(), self.creds.key_secret.encode()
         )
-        if scheme.lower() != "basic" or not good:
+        return user if scheme.lower() == "basic" and good else None
+
+    def check_auth(self, request: Request) -> None:
+        if self.key_of(request.headers.get("authorization", "")) is None:
             raise HTTPProblem(
                 401,
                 "Unauthorized: invalid or missing API key"
@@ -54,7 +61,7 @@ class Access:
     def org(self, request: Request) -> str:
         org_id = request.path_params["org_id"]
         if org_id != self.creds.org_id:
-            raise HTTPProblem(404, f"NOT_FOUND: organization {org_id} not found")
+            raise HTTPProblem(404, f"NOT_FOUND: organization {shown(org_id)} not found")
         return org_id
 
     def service(self, request: Request) -> ServiceRow:
@@ -63,7 +70,9 @@ class Access:
         try:
             uuid.UUID(service_id)
         except ValueError:
-            raise bad_request(f"BAD_REQUEST: postgresId: '{service_id}' is not a UUID") from None
+            raise bad_request(
+                f"BAD_REQUEST: postgresId: '{shown(service_id)}' is not a UUID"
+            ) from None
         row = self.life.get(service_id)
         if row is None:
             raise HTTPProblem(404, f"NOT_FOUND: Postgres service {service_id} not found")

@@ -144,7 +144,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(
         routes=sb.routes(),
-        middleware=[Middleware(realism.FaultMiddleware, settings=settings)],
+        # The rate limit spends a key's budget only for requests that prove the key.
+        middleware=[
+            Middleware(realism.FaultMiddleware, settings=settings, key_of=sb.access.key_of)
+        ],
         exception_handlers={
             **{cls: answer for cls in PROBLEMS},
             HTTPException: http_error,
@@ -152,5 +155,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # No redirect to the path with (or without) a trailing slash: Starlette builds its
+    # Location from the Host header, and answers it before any handler checks the key.
+    # Such a path is a 404 like any unknown one (a 401 without the key).
+    app.router.redirect_slashes = False
     app.state.sandbox = sb
     return app

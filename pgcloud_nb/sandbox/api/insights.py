@@ -40,6 +40,7 @@ pg_stat_statements' utility tracking and statement logging off (:mod:`postgres.p
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import timedelta
 from typing import Any
@@ -48,7 +49,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pgcloud_nb.sandbox.api.access import Access
-from pgcloud_nb.sandbox.api.wire import bad_request, ok, parse_date, parse_int
+from pgcloud_nb.sandbox.api.wire import (
+    bad_request,
+    ok,
+    parse_date,
+    parse_int,
+    query_value,
+    shown,
+)
 from pgcloud_nb.sandbox.errors import HTTPProblem
 from pgcloud_nb.sandbox.insights.executions import Activity, activity_by_key, execution, us
 from pgcloud_nb.sandbox.insights.logs import SEVERITIES, LogQuery
@@ -66,6 +74,7 @@ from pgcloud_nb.sandbox.store import ServiceRow
 __all__ = ["SORT_KEYS", "InsightRoutes"]
 
 RECENT = 50  # executions in a pattern's detail
+_QUERY_ID = re.compile(r"-?[0-9]{1,19}")
 LOG_WINDOW = timedelta(days=30)
 # sort_by → the pattern's field (spec enum of slowQueryPatternsGetList).
 SORT_KEYS = {
@@ -89,16 +98,23 @@ SORT_KEYS = {
 
 
 def _text(request: Request, name: str, *, required: bool = False) -> str | None:
-    value = request.query_params.get(name) or None  # empty means "no filter"
+    value = query_value(request, name) or None  # an empty filter means "no filter"
     if value is None and required:
         raise bad_request(f"BAD_REQUEST: query parameter {name} is required")
     return value
 
 
-def _choice(request: Request, name: str, allowed: tuple[str, ...], **kw: Any) -> str | None:
-    value = _text(request, name, **kw)
+def _choice(
+    request: Request, name: str, allowed: tuple[str, ...], *, required: bool = False
+) -> str | None:
+    # Unlike a filter, an empty choice is no choice at all: a 400 (it is not in the list).
+    value = query_value(request, name)
+    if value is None and required:
+        raise bad_request(f"BAD_REQUEST: query parameter {name} is required")
     if value is not None and value not in allowed:
-        raise bad_request(f"BAD_REQUEST: {name}: '{value}' must be one of {', '.join(allowed)}")
+        raise bad_request(
+            f"BAD_REQUEST: {name}: '{shown(value)}' must be one of {', '.join(allowed)}"
+        )
     return value
 
 
@@ -131,12 +147,10 @@ def log_query(request: Request) -> LogQuery:
 
 
 def _query_id(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or not -(2**63) <= value < 2**63 or raw.strip() != raw:
-        raise bad_request(f"BAD_REQUEST: queryId: '{raw}' is not a signed 64-bit integer")
+    # ASCII digits only: int() would also take "1_0", " 1" and other scripts' digits.
+    value = int(raw) if _QUERY_ID.fullmatch(raw) else None
+    if value is None or not -(2**63) <= value < 2**63:
+        raise bad_request(f"BAD_REQUEST: queryId: '{shown(raw)}' is not a signed 64-bit integer")
     return value
 
 
@@ -238,8 +252,8 @@ class InsightRoutes:
         if st is None or db_operation(st.text or "") != op:
             raise HTTPProblem(
                 404,
-                f"NOT_FOUND: slow query pattern {raw_id} not found for db_name={key.db_name},"
-                f" db_user={key.db_user}, db_operation={op}",
+                f"NOT_FOUND: slow query pattern {raw_id} not found for"
+                f" db_name={shown(key.db_name)}, db_user={shown(key.db_user)}, db_operation={op}",
             )
         now = time.time() + 1  # everything since pg_stat_statements' reset
         records = await self.life.log_records(row, 0.0, now, query_id)

@@ -5,11 +5,14 @@ Each HTTP request goes through these steps, in this order:
 1. **Latency**: ``settings.latency`` seconds of sleep before anything else, so
    every answer (429s included) is that much slower.
 2. **Rate limit** (on by default, like the real API: 10 requests per 10 s per
-   API key). Requests are counted per key ID, taken from the Basic
-   ``Authorization`` header whether or not the secret is right (the app checks
-   it later). Requests without a readable key are counted per client IP. A
-   request past the limit gets a 429 with the error envelope, ``Retry-After``
-   and ``X-RateLimit-Reset``, and does not use up any budget.
+   API key). Only a request that proves the key (its Basic ``Authorization``
+   carries the right key ID *and* secret, checked by ``key_of``) spends that
+   key's budget; any other request (no header, a wrong secret, a made-up key ID)
+   is counted per client address. The key ID is no secret, so a wrong secret
+   must not use up the real key's budget, and a stream of random key IDs must not
+   escape the limit. A request past the limit gets a 429 with the error
+   envelope, ``Retry-After`` and ``X-RateLimit-Reset``, and does not use up any
+   budget.
 3. **Fault injection**: one draw from ``random.Random(settings.seed)`` per
    request picks at most one kind from ``settings.faults``:
 
@@ -20,10 +23,11 @@ Each HTTP request goes through these steps, in this order:
      transport, and the client sees a protocol error. Clients can thus be
      tested for not blindly resending a create.
 
-Requests carrying the ``X-PgCloud-Sandbox-Probe`` header (the liveness checks
-of :mod:`pgcloud_nb.sandbox.launcher`) skip all three. Otherwise starting the
-sandbox would use up the user's budget, fail on an injected 503, and shift the
-seeded fault sequence.
+Requests carrying the ``X-PgCloud-Sandbox-Probe`` header *and* the sandbox's key
+(the liveness checks of :mod:`pgcloud_nb.sandbox.launcher`) skip all three.
+Otherwise starting the sandbox would use up the user's budget, fail on an
+injected 503, and shift the seeded fault sequence. Without the key the header
+means nothing: anyone could otherwise send it to escape the limit.
 
 Counters for tests are in :class:`FaultStats`: pass one in, or read the
 middleware's own from ``app.state.fault_stats`` (set on the first scope it sees,
@@ -32,8 +36,6 @@ the lifespan's under a server).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import math
@@ -49,7 +51,14 @@ import anyio
 
 from pgcloud_nb.sandbox.settings import FAULT_KINDS, Settings
 
-__all__ = ["PROBE_HEADER", "FaultMiddleware", "FaultStats", "RateLimiter", "rate_limit_key"]
+__all__ = [
+    "PROBE_HEADER",
+    "FaultMiddleware",
+    "FaultStats",
+    "KeyOf",
+    "RateLimiter",
+    "rate_limit_key",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -131,20 +140,22 @@ class RateLimiter:
             del self._log[key]
 
 
-def rate_limit_key(scope: Scope) -> str:
-    """``key:<key id>`` from a Basic ``Authorization`` header, else ``ip:<client address>``."""
+KeyOf = Callable[[str], str | None]
+"""The key ID an ``Authorization`` header proves (right ID and secret), else None."""
+
+
+def _authorization(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"basic":
-                try:
-                    decoded = base64.b64decode(token.strip(), validate=True)
-                except (binascii.Error, ValueError):
-                    break
-                key_id, sep, _secret = decoded.partition(b":")
-                if sep and key_id:
-                    return "key:" + key_id.decode("utf-8", "replace")
-            break
+            return bytes(value).decode("latin-1")  # as Starlette reads headers
+    return ""
+
+
+def rate_limit_key(scope: Scope, key_of: KeyOf | None) -> str:
+    """``key:<key id>`` for a request that proves its key, else ``ip:<client address>``."""
+    key_id = key_of(_authorization(scope)) if key_of is not None else None
+    if key_id is not None:
+        return "key:" + key_id
     client = scope.get("client")
     return f"ip:{client[0] if client else 'unknown'}"
 
@@ -169,9 +180,11 @@ class FaultMiddleware:
         settings: Settings,
         stats: FaultStats | None = None,
         clock: Callable[[], float] = time.monotonic,
+        key_of: KeyOf | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
+        self.key_of = key_of  # None: no request proves a key (all are counted per address)
         self.stats = stats if stats is not None else FaultStats()
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_window, clock)
         self.rng = random.Random(settings.seed)
@@ -191,14 +204,15 @@ class FaultMiddleware:
         if scope["type"] != "http":  # lifespan and websockets pass untouched
             await self.app(scope, receive, send)
             return
-        if any(name == _PROBE for name, _ in scope.get("headers", ())):
+        budget = rate_limit_key(scope, self.key_of)
+        if budget.startswith("key:") and any(n == _PROBE for n, _ in scope.get("headers", ())):
             self.stats.probes += 1
             await self.app(scope, receive, send)
             return
         if self.settings.latency > 0:
             await anyio.sleep(self.settings.latency)
 
-        wait = self.limiter.acquire(rate_limit_key(scope))
+        wait = self.limiter.acquire(budget)
         if wait:
             self.stats.limited += 1
             s = self.settings
