@@ -8,9 +8,10 @@
   classes and escapes) and ASCII classes, and :data:`WholeStringValidator` uses it.
 - **No field holds a control character or a lone surrogate** (:func:`text_problem`).
   A NUL ends a C string (libpq cut a password short at it), a newline ends a line
-  of a configuration file, and a lone surrogate (``"\\ud800"`` in JSON) has no
-  UTF-8 form, so no server, file or log could take it. No field of the API needs
-  any of them.
+  of a configuration file, a lone surrogate (``"\\ud800"`` in JSON) has no UTF-8
+  form, so no server, file or log could take it, and a bidirectional control
+  (U+202E…) makes a name read otherwise than it is. No field of the API needs any
+  of them.
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ WholeStringValidator = jsonschema.validators.extend(
 )
 """Draft 2020-12 with ``pattern`` read as ECMA-262 (:func:`ecma_regex`)."""
 
-# C0 and C1 controls, DEL, and the UTF-16 surrogates.
-_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# C0 and C1 controls, DEL, the UTF-16 surrogates, and Unicode's bidirectional controls
+# (Bidi_Control: they reorder what a name looks like in a table or a log, "Trojan Source").
+_UNSAFE_TEXT = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def text_problem(text: str) -> str | None:
@@ -67,6 +72,7 @@ def text_problem(text: str) -> str | None:
         return None
     code = ord(found.group())
     kind = "a lone surrogate" if 0xD800 <= code <= 0xDFFF else "a control character"
+    kind = "a bidirectional control" if found.group() in _BIDI else kind
     return f"contains {kind} (U+{code:04X})"
 
 

@@ -268,6 +268,7 @@ def _string_values(base: str) -> list[tuple[str, Any]]:
         ("ESC", "\x1b[31m" + base),
         ("C1 control", base + "\x85"),
         ("DEL", base + "\x7f"),
+        ("bidirectional override", "\u202e" + base),
         ("lone high surrogate", base + "\ud800"),
         ("lone low surrogate", "\udfff" + base),
         ("100,000 characters", "x" * 100_000),

@@ -156,6 +156,7 @@ def test_a_password_with_a_control_character_is_refused_not_cut_short(
     [
         ({"name": "a\u0000b"}, "name"),
         ({"name": "two\nlines"}, "name"),
+        ({"name": "\u202egnp.exe"}, "name"),
         ({"tags": [{"key": "k\n", "value": "v"}]}, "tags[0].key"),
         ({"tags": [{"key": "k", "value": "v\n"}]}, "tags[0].value"),
         ({"tags": [{"key": "k", "value": "ünï"}]}, "tags[0].value"),
@@ -266,6 +267,7 @@ def test_text_problem_names_the_character() -> None:
     assert text_problem("a\u0000b") == "contains a control character (U+0000)"
     assert text_problem("\u0085") == "contains a control character (U+0085)"
     assert text_problem("\udfff") == "contains a lone surrogate (U+DFFF)"
+    assert text_problem("\u202egnp.exe") == "contains a bidirectional control (U+202E)"
 
 
 @pytest.mark.parametrize(
