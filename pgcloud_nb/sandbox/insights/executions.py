@@ -11,6 +11,7 @@ statement, say) tells only which application ran it. See :mod:`api.insights`.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -22,8 +23,16 @@ __all__ = ["FAILED", "Activity", "activity_by_key", "execution", "log_key", "log
 FAILED = {"ERROR": 21, "FATAL": 22, "PANIC": 23}  # elevel numbers of PostgreSQL's elog.h
 
 
+# auto_explain's plan names its statement; the line's query_id may be the next one
+# (see insights/logs.py). A query text cannot fake it: its quotes are escaped.
+_PLAN_QID = re.compile(r'"Query Identifier": (-?\d+)')
+
+
 def log_key(rec: dict[str, Any]) -> Key:
-    return Key(int(rec.get("query_id", 0)), str(rec.get("dbname", "")), str(rec.get("user", "")))
+    qid = int(rec.get("query_id", 0))
+    if logged_duration(rec) is not None and (plan := _PLAN_QID.search(rec["message"])):
+        qid = int(plan.group(1))
+    return Key(qid, str(rec.get("dbname", "")), str(rec.get("user", "")))
 
 
 def logged_duration(rec: dict[str, Any]) -> float | None:

@@ -46,6 +46,11 @@ _TS = re.compile(rb'^\{"timestamp":"([^"]+)"')
 # text cannot fake these.
 _SEV = re.compile(rb',"error_severity":"([A-Z0-9]*)"')
 _QID = b',"query_id":'
+# An auto_explain plan's own statement (auto_explain.log_verbose), inside the escaped
+# message. The line's query_id is whatever ran when the executor ended: for a portal
+# closed by the next Bind or by COMMIT, that next statement. A query text cannot fake
+# this: its quotes are escaped twice.
+_PLAN_QID = re.compile(rb'\\"Query Identifier\\": (-?\d+)')
 _CHUNK = 1 << 20
 _DAY = 86400.0
 
@@ -126,7 +131,10 @@ class _File:
                 self.sev.append(_SEV_CODE.get(m.group(1), _UNKNOWN_SEV) if m else _UNKNOWN_SEV)
                 q = line.rfind(_QID)
                 try:
-                    self.qid.append(int(line[q + len(_QID) :].rstrip(b"} \r")) if q >= 0 else 0)
+                    if plan := _PLAN_QID.search(line):
+                        self.qid.append(int(plan.group(1)))
+                    else:
+                        self.qid.append(int(line[q + len(_QID) :].rstrip(b"} \r")) if q >= 0 else 0)
                 except ValueError:
                     self.qid.append(0)
             start = nl + 1

@@ -168,24 +168,35 @@ class _Series:
 
 
 class Snapshots:
-    """Per service, per statement: the counters over time. Thread-safe."""
+    """Per service, per statement and per node: the counters over time. Thread-safe.
+
+    Each node of a service (its primary, its HA standbys) keeps its own
+    pg_stat_statements, and a switchover moves the statements to another node.
+    So every node's counters are a series of their own, and a window's figures
+    are the sum of what each node accrued in it: one node's counters are never
+    taken for a reset (or a rise) of another's.
+    """
 
     def __init__(self) -> None:
-        self._series: dict[str, dict[Key, _Series]] = {}
+        self._series: dict[str, dict[Key, dict[str, _Series]]] = {}
         self._lock = threading.Lock()
 
-    def record(self, service_id: str, when: float, statements: list[Statement]) -> None:
+    def record(
+        self, service_id: str, when: float, statements: list[Statement], node: str = ""
+    ) -> None:
         with self._lock:
             series = self._series.setdefault(service_id, {})
             for st in statements:
-                series.setdefault(st.key, _Series()).add(when, st.counters)
+                series.setdefault(st.key, {}).setdefault(node, _Series()).add(when, st.counters)
 
     def window(self, service_id: str, key: Key, start: float, end: float) -> Counters:
         """The counters accrued in [start, end), to the resolution of the snapshots."""
         with self._lock:
-            s = self._series.get(service_id, {}).get(key)
-            # A point at `end` was taken after the window closed: exclusive end.
-            return s.at(math.nextafter(end, -math.inf)).minus(s.at(start)) if s else ZERO
+            total = ZERO
+            for s in self._series.get(service_id, {}).get(key, {}).values():
+                # A point at `end` was taken after the window closed: exclusive end.
+                total = total.plus(s.at(math.nextafter(end, -math.inf)).minus(s.at(start)))
+            return total
 
     def keep_only(self, service_ids: set[str], now: float) -> None:
         """Forget deleted services and points beyond the retention."""
@@ -193,8 +204,9 @@ class Snapshots:
             for gone in self._series.keys() - service_ids:
                 del self._series[gone]
             for series in self._series.values():
-                for s in series.values():
-                    s.prune(now - RETENTION_S)
+                for nodes in series.values():
+                    for s in nodes.values():
+                        s.prune(now - RETENTION_S)
 
 
 # -- the operation of a statement ------------------------------------------------

@@ -46,20 +46,28 @@ class QueryStats:
         self._logs: dict[str, LogIndex] = {}
 
     def _log(self, row: ServiceRow) -> LogIndex:
+        """The index of the log of the node that is the service's primary now.
+
+        A switchover moves the primary to another node, with its own log: from
+        then on the statements run there, and the logs and executions are its.
+        """
+        log_dir = self.ctx.cluster(row).log_dir
         found = self._logs.get(row.id)
-        if found is None:
-            found = self._logs[row.id] = LogIndex(self.ctx.cluster(row).log_dir)
+        if found is None or found.log_dir != log_dir:
+            found = self._logs[row.id] = LogIndex(log_dir)
         return found
 
     def _read(self, row: ServiceRow, text: bool) -> tuple[list[Statement], float | None]:
         """Read pg_stat_statements now (and keep it as a snapshot), and the log threshold."""
-        with self.ctx.cluster(row).connect(application_name=APP_NAME) as conn:
+        cluster = self.ctx.cluster(row)
+        with cluster.connect(application_name=APP_NAME) as conn:
             statements = read_statements(conn, text=text)
             found = conn.execute(
                 "SELECT setting::float8 FROM pg_settings"
                 " WHERE name = 'auto_explain.log_min_duration'"
             ).fetchone()
-        self.snapshots.record(row.id, time.time(), statements)
+        # Per node: after a switchover these are another server's counters.
+        self.snapshots.record(row.id, time.time(), statements, node=cluster.root.name)
         threshold = float(found[0]) if found else -1.0
         return statements, threshold if threshold >= 0 else None
 
