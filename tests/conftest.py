@@ -53,6 +53,12 @@ def sandbox_root() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="pgcloud-nb-tests-"))
     root.chmod(0o755)
     yield root
+    # As root the clusters live outside the home (a link to a /tmp folder the PostgreSQL
+    # user can reach): remove those too, or every run leaves its clusters behind.
+    for link in root.glob("*/clusters"):
+        target = link.resolve()
+        if link.is_symlink() and target.name.startswith("pgcloud-nb-"):
+            shutil.rmtree(target, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
 
 
