@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,13 @@ import httpx
 import psycopg
 import pytest
 from test_api import CREATE, error, result, wait_gone, wait_state
-from test_lifecycle_advanced import backed_up, dsn_of, eventually, sql, standbys
+from test_lifecycle_advanced import (
+    backed_up,
+    dsn_of,
+    eventually,
+    sql,
+    standbys,
+)
 
 from pgcloud_nb.sandbox import SandboxInfo
 from pgcloud_nb.sandbox.home import SandboxHome
@@ -29,23 +34,6 @@ from pgcloud_nb.sandbox.store import ServiceRow, Store
 OFFICE = {"source": "10.0.0.0/8", "description": "office", "portRange": "5432"}
 HERE = {"source": "127.0.0.1/32", "description": "this machine", "portRange": "5432..6432"}
 REFUSED = "no pg_hba.conf entry"
-
-
-@pytest.fixture
-def make(api: httpx.Client) -> Iterator[Callable[..., dict[str, Any]]]:
-    made: list[str] = []
-
-    def create(**extra: Any) -> dict[str, Any]:
-        body = {**CREATE, "name": f"acl-{uuid.uuid4().hex[:6]}", **extra}
-        created = result(api.post("/postgres", json=body))
-        made.append(created["id"])
-        return dict(created)
-
-    yield create
-    for sid in reversed(made):
-        api.delete(f"/postgres/{sid}")
-    for sid in made:
-        wait_gone(api, sid, timeout=120)
 
 
 def refused(dsn: str) -> str:

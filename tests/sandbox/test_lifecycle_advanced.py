@@ -7,8 +7,7 @@ import os
 import shutil
 import signal
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from test_api import CREATE, error, org_client, result, wait_gone, wait_state
+from test_api import CREATE, error, org_client, result, wait_state
 
 from pgcloud_nb.sandbox import Sandbox, Settings
 from pgcloud_nb.sandbox.postgres.cluster import Cluster, free_port
@@ -54,24 +53,6 @@ def sql(dsn: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
         cur = conn.execute(query, args or None)
         return cur.fetchall() if cur.description else []
-
-
-@pytest.fixture
-def make(api: httpx.Client) -> Iterator[Callable[..., dict[str, Any]]]:
-    """Create services (deleted afterwards, replicas first) and wait for their backups."""
-    made: list[str] = []
-
-    def create(**extra: Any) -> dict[str, Any]:
-        body = {**CREATE, "name": f"adv-{uuid.uuid4().hex[:6]}", **extra}
-        created = result(api.post("/postgres", json=body))
-        made.append(created["id"])
-        return dict(created)
-
-    yield create
-    for sid in reversed(made):
-        api.delete(f"/postgres/{sid}")
-    for sid in made:
-        wait_gone(api, sid, timeout=120)
 
 
 def backed_up(api: httpx.Client, sid: str) -> dict[str, Any]:
