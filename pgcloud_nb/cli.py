@@ -11,7 +11,8 @@ Usage::
     pgcloud-nb sandbox stop   [--home DIR] [--timeout S]
     pgcloud-nb sandbox env    [--home DIR]
     pgcloud-nb sandbox install-postgres {17,18} [--home DIR]
-    pgcloud-nb lab            [--home DIR] [--no-browser] [--sandbox] [JUPYTER LAB ARGS ...]
+    pgcloud-nb lab            [--home DIR] [--sandbox] [--port N] [--ip ADDR] [--no-browser]
+                              [JUPYTER LAB ARGS ...]
 
 Each flag overrides its ``PGCLOUD_SANDBOX_*`` variable (``_HOME``, ``_PORT``,
 ``_RATE_LIMIT``, ``_PROVISIONING_DELAY``, ``_LATENCY``, ``_FAULTS``,
@@ -32,12 +33,14 @@ on it. Installs in the default home serve every sandbox of the user. Nothing
 happens when the major is already installed. ``status`` lists the majors the
 sandbox can run.
 
-``lab`` starts the sandbox if needed and exports its variables (and
-``PGCLOUD_SANDBOX_HOME``) — unless a cloud API key is set in the environment
-or a ``.env`` (as ``connect()`` would find it), which then wins; ``--sandbox``
-forces the sandbox. It then runs ``jupyter lab`` in the repository's
-``notebooks/`` folder if there is one, else in the current folder. Arguments
-it does not know are passed on to jupyter.
+``lab`` starts the sandbox if needed and passes JupyterLab its home
+(``PGCLOUD_SANDBOX_HOME``, never its key: ``connect()`` reads that from the home)
+— unless a cloud API key is set in the environment or a ``.env`` (as ``connect()``
+would find it), which then wins; ``--sandbox`` forces the sandbox. It then runs
+``jupyter lab`` in the repository's ``notebooks/`` folder if there is one, else in
+the current folder, with ``--allow-root`` as root. Arguments it does not know are
+passed on to jupyter. When jupyter exits, a sandbox that ``lab`` started is stopped
+(:mod:`pgcloud_nb.lab`).
 
 Exit codes:
     0    success; for ``status``, the sandbox is running
@@ -46,7 +49,7 @@ Exit codes:
     2    bad usage: unknown command, or a bad flag or variable value
     3    ``status`` / ``env``: no sandbox is running for this home
     127  ``lab``: no ``jupyter`` on PATH
-    other ``lab`` exits with jupyter's own code (the process becomes jupyter)
+    other ``lab`` exits with jupyter's own code (128+N if a signal N ended it)
 """
 
 from __future__ import annotations
@@ -62,8 +65,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pgcloud_nb.__about__ import __version__
-from pgcloud_nb.credentials import ResolvedCredentials, resolve
-from pgcloud_nb.errors import ConfigurationError
+from pgcloud_nb.lab import LAB_EPILOG, cloud_key, jupyter_argv, run_jupyter, run_lab
 from pgcloud_nb.sandbox.errors import PgBinariesNotFound
 from pgcloud_nb.sandbox.launcher import Sandbox, SandboxInfo
 from pgcloud_nb.sandbox.postgres import binaries
@@ -197,11 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     get_pg.add_argument("major", type=int, choices=API_MAJORS, metavar="{17,18}")
 
-    lab = commands.add_parser("lab", parents=[home], help="JupyterLab on the sandbox")
-    lab.add_argument("--no-browser", action="store_true", help="passed on to jupyter lab")
+    lab = commands.add_parser(
+        "lab",
+        parents=[home],
+        help="JupyterLab on the sandbox",
+        description="Start the sandbox if needed, then JupyterLab in the notebooks folder.\n"
+        "Other arguments go to JupyterLab as they are.",
+        epilog=LAB_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     lab.add_argument(
         "--sandbox", action="store_true", help="use the sandbox even when a cloud API key is set"
     )
+    jupyter = lab.add_argument_group("passed on to jupyter lab")
+    jupyter.add_argument(
+        "--port", type=_port, help="JupyterLab's port (default 8888, or the next free one)"
+    )
+    jupyter.add_argument("--ip", metavar="ADDR", help="address to listen on (default localhost)")
+    jupyter.add_argument("--no-browser", action="store_true", help="do not open a browser")
     return parser
 
 
@@ -324,36 +339,17 @@ def _lab(args: argparse.Namespace, sb: Sandbox, jupyter_args: list[str]) -> int:
               file=sys.stderr)  # fmt: skip
         return EXIT_NO_JUPYTER
     where = NOTEBOOKS if NOTEBOOKS.is_dir() else Path.cwd()
-    argv = ["jupyter", "lab", *(["--no-browser"] if args.no_browser else []), *jupyter_args]
-    cloud = None if args.sandbox else _cloud_key(where)
+    flags = [*([f"--port={args.port}"] if args.port is not None else []),
+             *([f"--ip={args.ip}"] if args.ip else []),
+             *(["--no-browser"] if args.no_browser else [])]  # fmt: skip
+    argv = jupyter_argv(flags, jupyter_args)
+    cloud = None if args.sandbox else cloud_key(where)
     if cloud is not None:
         # A real key wins, as in connect(): never hide it behind the sandbox's.
         print(f"cloud API key from {cloud.source}: the notebooks talk to {cloud.base_url} "
               "(--sandbox to use the sandbox instead)", file=sys.stderr)  # fmt: skip
-        return exec_jupyter(jupyter, argv, dict(os.environ), where)
-    info = sb.start()
-    # The kernels find the same sandbox: its variables, and its home for ensure_running().
-    env = {**os.environ, **info.env(), "PGCLOUD_SANDBOX_HOME": str(info.home)}
-    print(f"sandbox at {info.url}; starting JupyterLab in {where}", file=sys.stderr)
-    return exec_jupyter(jupyter, argv, env, where)
-
-
-def _cloud_key(where: Path) -> ResolvedCredentials | None:
-    """The cloud key a notebook's connect() would find (environment, or a .env), if any."""
-    for env_file in dict.fromkeys((Path.cwd() / ".env", where / ".env")):
-        try:
-            return resolve(env_file=env_file, sandbox=False)
-        except ConfigurationError:
-            continue
-    return None
-
-
-def exec_jupyter(path: str, argv: list[str], env: dict[str, str], cwd: Path) -> int:
-    """Become jupyter (tests replace this)."""
-    os.chdir(cwd)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(path, argv, env)
+        return run_jupyter(jupyter, argv, dict(os.environ), where)
+    return run_lab(sb, jupyter, argv, where, run=run_jupyter)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

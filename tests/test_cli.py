@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ from typing import Any
 import pytest
 
 from pgcloud_nb import cli
-from pgcloud_nb.sandbox.launcher import Sandbox
+from pgcloud_nb.credentials import resolve
+from pgcloud_nb.lab import jupyter_argv, run_jupyter
+from pgcloud_nb.sandbox.launcher import Sandbox, SandboxInfo
 
 HERE = Path(__file__).parent
 PGCLOUD = [sys.executable, "-m", "pgcloud_nb.cli"]
@@ -163,29 +166,96 @@ def standin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", path)
 
 
-def test_lab_exports_the_sandbox_and_runs_jupyter(
-    standin: None, home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[tuple[str, list[str], dict[str, str], Path]] = []
+def _secret_free(env: dict[str, str], secret: str) -> bool:
+    return not any(secret in f"{k}={v}" for k, v in env.items())
 
-    def fake_exec(path: str, argv: list[str], env: dict[str, str], cwd: Path) -> int:
+
+def test_lab_passes_the_sandbox_home_not_its_key(
+    standin: None, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JupyterLab gets the home only; connect() reads the key from it (source "sandbox")."""
+    calls: list[tuple[str, list[str], dict[str, str], Path]] = []
+    seen: list[SandboxInfo | None] = []
+
+    def fake_run(path: str, argv: list[str], env: dict[str, str], cwd: Path) -> int:
         calls.append((path, argv, env, cwd))
+        seen.append(Sandbox(home).status())
         return 0
 
-    monkeypatch.setattr(cli, "exec_jupyter", fake_exec)
+    monkeypatch.setattr(cli, "run_jupyter", fake_run)
+    monkeypatch.setenv("CLICKHOUSE_CLOUD_API_KEY", "HALFKEY")  # half a key: not a cloud key
     argv = ["lab", "--home", str(home), "--no-browser", "--ServerApp.token=t", "--port=9999"]
     assert cli.main(argv) == 0
     [(_, jargv, env, cwd)] = calls
-    assert jargv == ["jupyter", "lab", "--no-browser", "--ServerApp.token=t", "--port=9999"]
-    info = Sandbox(home).status()
+    root = ["--allow-root"] if os.geteuid() == 0 else []
+    assert jargv == ["jupyter", "lab", "--port=9999", "--no-browser", "--ServerApp.token=t", *root]
+    info = seen[0]
     assert info is not None
-    assert {k: env[k] for k in info.env()} == info.env()
     assert env["PGCLOUD_SANDBOX_HOME"] == str(home)
+    assert not {"CLICKHOUSE_CLOUD_API_KEY", "CLICKHOUSE_CLOUD_API_SECRET"} & set(env)
+    assert _secret_free(env, info.key_secret)
     assert cwd == (cli.NOTEBOOKS if cli.NOTEBOOKS.is_dir() else Path.cwd())
+    err = capsys.readouterr().err
+    assert "stopped the sandbox it started" in err
+    assert Sandbox(home).status() is None  # lab started it, so lab stopped it
 
-    # A second lab attaches to the same sandbox.
+    # What a kernel does with that environment: connect() finds the sandbox by its home.
+    monkeypatch.delenv("CLICKHOUSE_CLOUD_API_KEY")
+    for name, value in env.items():
+        if name.startswith(("PGCLOUD_", "CLICKHOUSE_")):
+            monkeypatch.setenv(name, value)
+    running = Sandbox(home).start()
+    assert resolve(env_file=None).source == "sandbox"
+    assert resolve(env_file=None).key_id == running.key_id
+
+    # A lab on a sandbox that was already running leaves it running, and says so.
     assert cli.main(["lab", "--home", str(home)]) == 0
-    assert calls[1][2]["CLICKHOUSE_API_URL"] == info.url
+    assert calls[1][2]["PGCLOUD_SANDBOX_HOME"] == str(home)
+    assert "stays running" in capsys.readouterr().err
+    assert Sandbox(home).status() == running
+
+
+def test_lab_stops_the_sandbox_it_started_when_jupyter_fails(
+    standin: None, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "run_jupyter", lambda path, argv, env, cwd: 1)
+    assert cli.main(["lab", "--home", str(home)]) == 1
+    assert "JupyterLab failed (exit code 1); stopped the sandbox" in capsys.readouterr().err
+    assert Sandbox(home).status() is None
+
+
+@pytest.mark.parametrize(("euid", "extra", "added"), [
+    (0, [], True), (0, ["--allow-root"], False), (1000, [], False),
+])  # fmt: skip
+def test_jupyter_runs_as_root_only_with_allow_root(
+    euid: int, extra: list[str], added: bool
+) -> None:
+    said: list[str] = []
+    argv = jupyter_argv(["--no-browser"], extra, euid=euid, say=said.append)
+    assert argv.count("--allow-root") == (1 if added or extra else 0)
+    assert bool(said) == added and (not said or "root" in said[0])
+
+
+def test_lab_help_names_jupyters_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["lab", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--port", "--ip", "--no-browser", "--sandbox", "--home"):
+        assert flag in out
+    assert "Other arguments go to JupyterLab" in out
+
+
+def test_run_jupyter_passes_the_exit_code_and_forwards_sigterm(tmp_path: Path) -> None:
+    """A real child: its exit code comes back; a SIGTERM sent to us reaches it."""
+    assert run_jupyter("/bin/sh", ["sh", "-c", "exit 7"], {}, tmp_path) == 7
+    script = (
+        "import os, signal, time\n"
+        "for _ in range(150):\n"
+        "    os.kill(os.getppid(), signal.SIGTERM)\n"
+        "    time.sleep(0.2)\n"
+    )
+    code = run_jupyter(sys.executable, ["python", "-c", script], dict(os.environ), tmp_path)
+    assert code == 128 + signal.SIGTERM
 
 
 def test_lab_without_jupyter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -198,7 +268,7 @@ def test_lab_keeps_a_real_cloud_key(
 ) -> None:
     """A cloud key in the environment wins, as in connect(); --sandbox overrides."""
     calls: list[dict[str, str]] = []
-    monkeypatch.setattr(cli, "exec_jupyter", lambda path, argv, env, cwd: calls.append(env) or 0)
+    monkeypatch.setattr(cli, "run_jupyter", lambda path, argv, env, cwd: calls.append(env) or 0)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CLICKHOUSE_CLOUD_API_KEY", "REALKEYID")
     monkeypatch.setenv("CLICKHOUSE_CLOUD_API_SECRET", "real-secret")
@@ -206,7 +276,7 @@ def test_lab_keeps_a_real_cloud_key(
     assert calls[0]["CLICKHOUSE_CLOUD_API_KEY"] == "REALKEYID"
     assert Sandbox(home).status() is None  # no sandbox was started for it
 
+    # --sandbox: the real key is not passed on either, so the kernels' connect() uses the home.
     assert cli.main(["lab", "--home", str(home), "--sandbox"]) == 0
-    info = Sandbox(home).status()
-    assert info is not None
-    assert calls[1]["CLICKHOUSE_CLOUD_API_KEY"] == info.key_id
+    assert "CLICKHOUSE_CLOUD_API_KEY" not in calls[1] and _secret_free(calls[1], "real-secret")
+    assert calls[1]["PGCLOUD_SANDBOX_HOME"] == str(home)
