@@ -25,6 +25,15 @@ How often a job may call the API is for the key's budget to say: see
 :meth:`~pgcloud_nb.ratelimit.Budget.paced` and
 :meth:`~pgcloud_nb.ratelimit.Budget.has_room`.
 
+**Messages.** The error panel, status lines and the rule that each action
+clears what the last one left live in :mod:`pgcloud_nb.messages`; this module
+re-exports them.
+
+**Queues.** A widget's requests run one after another (:class:`JobQueue`): a
+load still under way when a button is clicked is finished first, not dropped.
+``await widget.finished()`` waits for all of them (in a notebook, before a cell
+reads what a job fetched).
+
 **Closing.** A widget that is closed stops its task (:func:`cancel`) and
 closes its children (:func:`close_children`), so nothing it started outlives it.
 
@@ -37,25 +46,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import html
-import traceback
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import ipywidgets as widgets
 
-from .errors import APIError, PgCloudError
+from .errors import PgCloudError
+from .messages import (
+    ERROR_COLOR,
+    MUTED_COLOR,
+    TEXT_COLOR,
+    WARN_COLOR,
+    ErrorPanel,
+    Message,
+    Notice,
+    StatusLine,
+    action,
+    clear_messages,
+)
 from .models import PostgresService
-from .redaction import redact
 from .waiters import DEFAULT_TIMEOUT, StatePoll, WaitClient
 
 __all__ = [
+    "ERROR_COLOR",
+    "MUTED_COLOR",
+    "TEXT_COLOR",
+    "WARN_COLOR",
     "Call",
     "ErrorPanel",
     "Job",
+    "JobQueue",
+    "Message",
+    "Notice",
     "StatusLine",
+    "action",
     "cancel",
+    "clear_messages",
     "close_children",
     "guarded",
     "poll_job",
@@ -78,63 +105,6 @@ class Call:
 Job = Generator["Call | float", Any, T]
 
 
-class ErrorPanel(widgets.Output):
-    """A visible box for errors raised inside callbacks and jobs.
-
-    Written with ``append_display_data`` (not ``with out:`` capture), which
-    works from a callback, from a task on the loop and without any kernel.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.last: BaseException | None = None
-        self.add_class("pgcloud-errors")
-
-    def show(self, exc: BaseException) -> None:
-        """Show ``exc``: API errors with status, message and requestId; others with a traceback."""
-        from IPython.display import HTML
-
-        self.last = exc
-        if isinstance(exc, APIError):
-            rid = exc.request_id or "none"
-            body = (
-                f"<b>{html.escape(type(exc).__name__)} {exc.status}</b>: "
-                f"{html.escape(exc.message)}<br><small>requestId: <code>{html.escape(rid)}</code>"
-                f"{' · ' + html.escape(exc.method + ' ' + exc.url) if exc.url else ''}</small>"
-            )
-        else:
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-4:])
-            body = (
-                f"<b>{html.escape(type(exc).__name__)}</b>: {html.escape(redact(str(exc)))}"
-                f"<details><summary>traceback</summary><pre>{html.escape(redact(tb))}</pre>"
-                "</details>"
-            )
-        self.append_display_data(
-            HTML(f"<div class='pgcloud-error' style='color:#b00020'>{body}</div>")
-        )
-
-    def note(self, text: str) -> None:
-        """A refusal that is not an exception (wrong confirmation name, nothing to send)."""
-        from IPython.display import HTML
-
-        self.append_display_data(
-            HTML(f"<div class='pgcloud-note' style='color:#b00020'>{html.escape(text)}</div>")
-        )
-
-    def clear(self) -> None:
-        self.outputs = ()  # not clear_output(): without a kernel that prints escape codes
-
-    @property
-    def text(self) -> str:
-        """Everything shown, as plain text (for tests and logs)."""
-        parts: list[str] = []
-        out: dict[str, Any]
-        for out in self.outputs:
-            data: dict[str, str] = out.get("data", {})
-            parts.append(data.get("text/html") or data.get("text/plain") or out.get("text", ""))
-        return "\n".join(parts)
-
-
 def guarded(panel: ErrorPanel) -> Callable[[Callable[..., Any]], Callable[..., None]]:
     """Decorate a widget callback so an exception shows in ``panel`` instead of the log."""
 
@@ -149,13 +119,6 @@ def guarded(panel: ErrorPanel) -> Callable[[Callable[..., Any]], Callable[..., N
         return inner
 
     return wrap
-
-
-class StatusLine(widgets.HTML):
-    """One line of progress text ("creating · 12 s")."""
-
-    def set(self, text: str, *, icon: str = "") -> None:
-        self.value = f"{icon} {html.escape(text)}".strip()
 
 
 # -- jobs ------------------------------------------------------------------------
@@ -185,15 +148,19 @@ def run_job(
     job: Job[Any],
     panel: ErrorPanel,
     *,
-    on_done: Callable[[Any], None] | None = None,
+    on_done: Callable[[Any], object] | None = None,
+    after: asyncio.Task[Any] | None = None,
 ) -> asyncio.Task[None] | None:
     """Run ``job``: a task on the running loop, or synchronously without one.
 
     Returns the task (cancel it to stop the job), or None when it already ran.
-    Errors from the job or from ``on_done`` go to ``panel``.
+    Errors from the job or from ``on_done`` go to ``panel``. With ``after``, the
+    job starts once that task has ended (however it ended).
     """
 
     async def main(offload: bool) -> None:
+        if after is not None and not after.done():
+            await asyncio.wait([after])
         try:
             result = await _drive(job, offload)
             if on_done is not None:
@@ -219,6 +186,53 @@ def run_job(
 _TASKS: set[asyncio.Task[None]] = set()
 
 
+class JobQueue:
+    """A widget's jobs, run one after another; errors go to its panel.
+
+    Without a loop each job runs at once, inside :meth:`start`. With one, a job
+    waits for the one before it: a click during a load acts on what was loaded.
+    """
+
+    def __init__(self, panel: ErrorPanel) -> None:
+        self.panel = panel
+        self.task: asyncio.Task[None] | None = None  # the last job started
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(
+        self, job: Job[Any], on_done: Callable[[Any], object] | None = None
+    ) -> asyncio.Task[None] | None:
+        previous = self.task if self.task is not None and not self.task.done() else None
+        self.task = run_job(job, self.panel, on_done=on_done, after=previous)
+        if self.task is not None:
+            self._tasks.add(self.task)
+            self.task.add_done_callback(self._tasks.discard)
+        return self.task
+
+    def call(
+        self, fn: Callable[[], T], on_done: Callable[[T], object]
+    ) -> asyncio.Task[None] | None:
+        """One blocking request as a job: ``on_done(fn())``, off the loop when one runs."""
+
+        def one() -> Job[T]:
+            result: T = yield Call(fn)
+            return result
+
+        return self.start(one(), on_done)
+
+    @property
+    def busy(self) -> bool:
+        return any(not t.done() for t in self._tasks)
+
+    async def finished(self) -> None:
+        """Wait until every job started so far (and any they chain) has ended."""
+        while pending := [t for t in self._tasks if not t.done()]:
+            await asyncio.wait(pending)
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            cancel(task)
+
+
 def wait_job(
     client: WaitClient,
     service_id: str,
@@ -226,6 +240,7 @@ def wait_job(
     *,
     status: StatusLine | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    name: str | None = None,
 ) -> Job[PostgresService | None]:
     """Poll until the service is in ``state`` (``None``: until it is gone, 404).
 
@@ -234,15 +249,22 @@ def wait_job(
     shared budget, a short grace for a 404 right after a create, fail fast on
     ``deleting``, limited patience with ``unavailable`` and ``stopped``), but
     driven as a job, so that it can run on the kernel's loop: ``client.wait``
-    sleeps with ``time.sleep`` and would block it.
+    sleeps with ``time.sleep`` and would block it. ``status`` reads
+    ``<name>: <state>, waiting for <state> · 12 s`` (the name as the API sends
+    it, or ``name`` until the first answer).
     """
-    poll = StatePoll(service_id, state, timeout=timeout)
-    while not poll.observe((yield Call(functools.partial(poll.look, client)))):
+    poll = StatePoll(service_id, state, timeout=timeout, name=name)
+    try:
+        while not poll.observe((yield Call(functools.partial(poll.look, client)))):
+            if status is not None:
+                status.set(f"{poll.progress} · {poll.elapsed:.0f} s", icon="…")
+            yield poll.pause(client)
+    except PgCloudError:
         if status is not None:
-            status.set(f"{poll.shown} → {poll.want} · {poll.elapsed:.0f} s", icon="…")
-        yield poll.pause(client)
+            status.set(f"{poll.label}: {poll.shown or 'not read'} · {poll.elapsed:.0f} s", icon="✗")
+        raise
     if status is not None:
-        status.set(f"{poll.shown} after {poll.elapsed:.0f} s", icon="✓")
+        status.set(f"{poll.label}: {poll.shown} after {poll.elapsed:.0f} s", icon="✓")
     return poll.service
 
 

@@ -45,18 +45,26 @@ class WaitClient(Protocol):
 
 
 class _Bar:
-    """The progress bar, or nothing when ``progress`` is False."""
+    """The progress line, or nothing when ``progress`` is False.
 
-    def __init__(self, desc: str, enabled: bool) -> None:
+    It reads ``my-db: creating, waiting for running [00:02]``: the service's
+    name, its state and the time waited; the bar appears with the first answer,
+    so that it never shows an empty box.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
         self._bar: Any = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=None, desc=desc, bar_format="{desc}: {postfix} [{elapsed}]")
 
     def show(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.set_postfix_str(text, refresh=True)
+        if not self._enabled:
+            return
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=None, desc=text, bar_format="{desc} [{elapsed}]")
+        else:
+            self._bar.set_description_str(text, refresh=True)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -115,11 +123,12 @@ class StatePoll:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         settle: Mapping[str, Any] | None = None,
+        name: str | None = None,
     ) -> None:
         self.service_id = service_id
+        self.name = name  # the service's name, as the last answer gave it
         self.target = None if state is None else ServiceState(state)
         self.want = "gone" if self.target is None else self.target.value
-        self.desc = f"{service_id[:8]} → {self.want}"
         self.timeout = timeout
         self.settle = settle
         self.started = _clock()
@@ -127,6 +136,26 @@ class StatePoll:
         self.service: PostgresService | None = None  # what the last poll read (None: 404)
         self.shown = ""  # the last poll's outcome, for a progress display
         self._bad_since: dict[str, float] = {}
+
+    @property
+    def label(self) -> str:
+        """The service's name (its id until an answer names it)."""
+        return self.name or self.service_id
+
+    @property
+    def desc(self) -> str:
+        """The wait, for error messages: the name (when known), the full id and the target."""
+        named = f"{self.name} ({self.service_id})" if self.name else self.service_id
+        return f"{named} → {self.want}"
+
+    @property
+    def progress(self) -> str:
+        """One line for a progress display: name, state, and what the wait is for."""
+        state = self.shown or "not read yet"
+        if state.startswith(self.want):  # reached ("running", "running, settling size")
+            return f"{self.label}: {state}"
+        waiting = "until gone" if self.target is None else f"for {self.want}"
+        return f"{self.label}: {state}, waiting {waiting}"
 
     def look(self, client: WaitClient) -> PostgresService | NotFoundError:
         """Poll once (a blocking GET): the service, or the 404 it answered."""
@@ -155,6 +184,7 @@ class StatePoll:
                 f"service {self.service_id} is gone (404) while waiting for {self.want}"
             ) from seen
         self.service = seen
+        self.name = seen.name or self.name
         current = seen.state or ServiceState("unknown")
         self.shown = current.value
         target = self.target
@@ -208,12 +238,12 @@ class StatePoll:
 
 def _run(client: WaitClient, poll: StatePoll, progress: bool) -> PostgresService | None:
     """Drive ``poll`` to the end, sleeping between polls; owns the progress bar."""
-    bar = _Bar(poll.desc, progress)
+    bar = _Bar(progress)
     try:
         while not poll.observe(poll.look(client)):
-            bar.show(poll.shown)
+            bar.show(poll.progress)
             _sleep(poll.pause(client))
-        bar.show(poll.shown)
+        bar.show(poll.progress)
         return poll.service
     finally:  # also on KeyboardInterrupt: the bar never stays half-drawn
         bar.close()

@@ -133,10 +133,11 @@ def test_progress_bar_shows_state_and_closes_on_interrupt(
     closed: list[bool] = []
 
     class Bar:
-        def __init__(self, *a: Any, **k: Any) -> None:
-            pass
+        def __init__(self, *a: Any, desc: str, bar_format: str, **k: Any) -> None:
+            shown.append(desc)
+            assert bar_format == "{desc} [{elapsed}]"  # no postfix: no stray ", "
 
-        def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        def set_description_str(self, text: str, refresh: bool = True) -> None:
             shown.append(text)
 
         def close(self) -> None:
@@ -153,7 +154,35 @@ def test_progress_bar_shows_state_and_closes_on_interrupt(
     client = client_reading(svc("creating"))
     with pytest.raises(KeyboardInterrupt):
         client.wait(SID)
-    assert shown == ["creating"] and closed == [True]
+    assert shown == ["n: creating, waiting for running"] and closed == [True]
+
+
+def test_progress_line_names_the_service_and_its_state(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The line a person reads: the name, the state, then the wait's end; no id, no empty box."""
+    import tqdm.auto
+
+    lines: list[str] = []
+
+    class Bar:
+        def __init__(self, *a: Any, desc: str, **k: Any) -> None:
+            lines.append(desc)
+
+        def set_description_str(self, text: str, refresh: bool = True) -> None:
+            lines.append(text)
+
+        def close(self) -> None:
+            lines.append("closed")
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    client = client_reading(svc("creating", name="orders db"), svc("running", name="orders db"))
+    client.wait(SID)
+    assert lines == ["orders db: creating, waiting for running", "orders db: running", "closed"]
+    lines.clear()
+    client_reading(svc("deleting", name="old"), 404).wait_gone(SID)
+    assert lines == ["old: deleting, waiting until gone", "old: gone", "closed"]
+    assert not any(SID[:8] in line for line in lines)
 
 
 def test_a_wait_needs_only_the_budget_and_one_read(clock: Clock) -> None:
@@ -244,9 +273,12 @@ def test_widget_wait_follows_the_same_rules(
     assert got == want
     assert job_client.request_count == blocking.request_count and clock.now == spent
     if got[0] == "done":
-        assert status.value.startswith(f"✓ {got[1]} after ")
-    else:
-        assert status.value.startswith("…") and " → " in status.value
+        assert status.value.startswith(f"✓ n: {got[1]} after ") or (
+            got[1] == "gone" and status.value.startswith("✓ n: gone after ")
+        )
+    else:  # the failure is on the line too, in the theme's error colour
+        assert "✗ n: " in status.value or f"✗ {SID}: " in status.value
+        assert "var(--jp-error-color1" in status.value
 
 
 def test_state_poll_decides_without_waiting(clock: Clock) -> None:
@@ -264,7 +296,7 @@ def test_state_poll_decides_without_waiting(clock: Clock) -> None:
     with pytest.raises(UnexpectedStateError, match="gone"):
         poll.observe(gone)
     poll.elapsed = 60.0
-    with pytest.raises(WaitTimeout, match=r"→ running: still"):
+    with pytest.raises(WaitTimeout, match=rf"n \({SID}\) → running: still"):
         poll.pause(waiters_client())
 
 
