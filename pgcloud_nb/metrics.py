@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
 
+from . import columns
 from .errors import NotFoundError
 from .frames import services_frame
 from .prometheus import TS_DTYPE, label_columns, parse_prometheus
@@ -61,6 +62,20 @@ _KEY_METRICS = {
     ROLLBACKS: "transactions_rolled_back",
     "PostgresServer_Deadlocks_Total": "deadlocks",
 }
+# Counts and byte sizes: Int64 when every value is whole, so that a frame shows 17179869184
+# (and tables.readable shows 16.0 GiB) where a float64 column shows 1.717987e+10.
+_COUNTS = (
+    "memory_limit_bytes",
+    "storage_limit_bytes",
+    "connections",
+    "active_connections",
+    "database_size_bytes",
+    "transactions_committed",
+    "transactions_rolled_back",
+    "deadlocks",
+)
+# The rates fleet_snapshot adds from a history: columns even before there are two scrapes.
+RATE_COLUMNS = ("cpu_percent", "commits_per_s", "rollbacks_per_s", "rollback_ratio")
 
 
 # --- rates ---------------------------------------------------------------------------------
@@ -186,9 +201,20 @@ def key_metrics(frame: pd.DataFrame) -> pd.DataFrame:
         "active_connections",
         active.groupby("service_id", observed=True)["value"].sum(),
     )
+    for col in _COUNTS:
+        out[col] = _whole(out[col])
     out.index = out.index.astype(str)
     out.index.name = "service_id"
     return out
+
+
+def _whole(values: pd.Series) -> pd.Series:
+    """``Int64`` when every value is a whole number within 64 bits, else as it was."""
+    floats = values.to_numpy(np.float64, na_value=np.nan)
+    known = floats[~np.isnan(floats)]
+    if not (np.isfinite(known).all() and (known == np.round(known)).all()):
+        return values
+    return pd.Series(columns.ints(list(values.astype(object))), index=values.index)
 
 
 class _FleetClient(Protocol):
@@ -241,11 +267,11 @@ def fleet_snapshot(client: _FleetClient, *, history: _Scrapes | None = None) -> 
     if history is not None:
         history.add(scrape)
         rated = history.derived(last=2)
-        if len(rated):
-            last = rated.reset_index().groupby("service_id", observed=True).last()
-            last.index = last.index.astype(str)
-            cols = ["cpu_percent", "commits_per_s", "rollbacks_per_s", "rollback_ratio"]
-            out = out.merge(last[cols], left_on="id", right_index=True, how="left")
+        last = rated.reset_index().groupby("service_id", observed=True).last()
+        last.index = last.index.astype(str)
+        # the same columns from the first snapshot on (NaN until two scrapes are kept)
+        last = last.reindex(columns=list(RATE_COLUMNS)).astype(np.float64)
+        out = out.merge(last, left_on="id", right_index=True, how="left")
     out.attrs["requests"] = client.request_count - before
     return out.reset_index(drop=True)
 
@@ -253,6 +279,8 @@ def fleet_snapshot(client: _FleetClient, *, history: _Scrapes | None = None) -> 
 def concat_scrapes(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     """Long frames one after the other, categoricals unioned (plain concat makes them object)."""
     frames = [f for f in frames if len(f.columns)]
+    if not frames:
+        return parse_prometheus("")
     labels = label_columns({c for f in frames for c in f.columns} - {*_BASE, "value"})
     cols: dict[str, Any] = {}
     for col in (*_BASE, *labels, "value"):
