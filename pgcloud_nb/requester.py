@@ -9,7 +9,15 @@ Retry rules:
 - 429: wait ``Retry-After`` / ``X-RateLimit-Reset`` (else backoff), pause the
   whole budget for that long, retry. A 429 means the request was not served,
   so even a create is safe to resend.
-- 5xx and transport failures: exponential backoff with full jitter, inside the
+- a connection that cannot be made (refused, connect timeout, bad URL scheme):
+  a short, bounded retry (:data:`CONNECT_WAITS`, a couple of seconds in all; none for
+  a bad scheme), then a :class:`~pgcloud_nb.errors.TransportError` whose one line names
+  the URL and the fix (start the sandbox, or check ``CLICKHOUSE_API_URL``). Nothing was
+  sent, so nothing can be duplicated; but an API that is not listening will not start
+  listening within the policy's two minutes either, and a notebook must not hang on it.
+  The httpx exception stays the ``__cause__``, cut to one line (no chain of httpcore
+  frames).
+- 5xx and other transport failures: exponential backoff with full jitter, inside the
   policy's total deadline. If the call is not idempotent (create, restore,
   replica) and may have reached the server, ``recover`` runs first: it looks
   for what the lost call created, and only when it finds nothing is the call
@@ -63,6 +71,13 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Failures raised before a byte of the request left: resending can never duplicate anything.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+# No connection could be made to the API: retried only briefly (module docstring).
+_UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol)
+# Waits before the retries of a connection that could not be made: 4 attempts in ~2 s.
+CONNECT_WAITS = (0.25, 0.5, 1.0)
+CONNECT_WINDOW = 3.0  # no retry once connecting has failed for this long (connect timeouts)
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection (reads keep the client's timeout)
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class Requester:
@@ -85,7 +100,7 @@ class Requester:
             base_url=base_url,
             auth=httpx.BasicAuth(key_id, key_secret),
             transport=transport,
-            timeout=timeout,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
             headers={"Accept": "application/json", "User-Agent": f"pgcloud-nb/{__version__}"},
         )
         self._lock = threading.Lock()
@@ -125,6 +140,8 @@ class Requester:
         headers = {"Accept": op.accept if op is not None else "application/json"}
         deadline = self.clock() + self.policy.deadline
         attempt = 0
+        unreachable = 0  # attempts that could not open a connection
+        since: float | None = None  # when the first of them started
         maybe_done = False  # an earlier attempt may have been served
         while True:
             attempt += 1
@@ -139,10 +156,23 @@ class Requester:
                 )
             except httpx.HTTPError as exc:
                 sent = not isinstance(exc, _NOT_SENT)
-                error: PgCloudError = TransportError(
-                    f"{type(exc).__name__}: {exc}", method=method, url=path, sent=sent
-                )
-                error.__cause__ = exc
+                if isinstance(exc, _UNREACHABLE):
+                    unreachable += 1
+                    since = since if since is not None else started
+                    elapsed = self.clock() - since
+                    message = self._unreachable(exc, unreachable, elapsed)
+                else:
+                    message = f"{type(exc).__name__}: {exc}"
+                error: PgCloudError = TransportError(message, method=method, url=path, sent=sent)
+                error.__cause__ = _one_line(exc)
+                if isinstance(exc, _UNREACHABLE):
+                    if (
+                        isinstance(exc, httpx.UnsupportedProtocol)
+                        or unreachable > len(CONNECT_WAITS)
+                        or elapsed > CONNECT_WINDOW
+                    ):
+                        raise error from exc  # exc is cut to one line above
+                    wait = CONNECT_WAITS[unreachable - 1]
             else:
                 status = response.status_code
                 log.debug(
@@ -185,6 +215,21 @@ class Requester:
                 self.retries += 1
             log.info("retrying %s %s in %.1fs after: %s", method, path, wait, error)
             self.sleep(wait)
+
+    def _unreachable(self, exc: httpx.HTTPError, attempts: int, elapsed: float) -> str:
+        """One line: which URL could not be reached, why, and what to do about it."""
+        url = self._http.base_url
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            return (f"cannot reach the API at {safe_url(url)}: not an http(s) URL; "
+                    "check CLICKHOUSE_API_URL (or connect(base_url=...))")  # fmt: skip
+        reason = str(exc) or type(exc).__name__
+        tries = f"{attempts} attempt{'s' if attempts > 1 else ''} in {elapsed:.1f} s"
+        if url.host in _LOCAL_HOSTS or url.host.endswith(".localhost"):
+            fix = ("is the sandbox running? Start it with `pgcloud-nb sandbox start` "
+                   "(or call pgcloud_nb.connect() again), or check CLICKHOUSE_API_URL")  # fmt: skip
+        else:
+            fix = "check the network, and CLICKHOUSE_API_URL (or connect(base_url=...))"
+        return f"cannot reach the API at {safe_url(url)} ({reason}; {tries}): {fix}"
 
     def _parse(
         self, response: httpx.Response, *, text: bool, result: bool, whole: bool = False
@@ -243,6 +288,17 @@ class Requester:
             body=response.text,
             **extra,
         )
+
+
+def _one_line(exc: BaseException) -> BaseException:
+    """``exc`` without its traceback and chain: shown as one line under the error it caused.
+
+    httpx wraps httpcore's exception, which wraps the socket's; printed in full that is
+    well over a hundred lines of library frames in a notebook, for one refused connection.
+    """
+    exc.__cause__ = exc.__context__ = None
+    exc.__suppress_context__ = True
+    return exc.with_traceback(None)
 
 
 def _without_surrogates(value: Any) -> Any:
