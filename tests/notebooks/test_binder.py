@@ -9,6 +9,8 @@ the script's (``exec "$@"``).
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import httpx
 import nbrun
 import pytest
 
+from pgcloud_nb.cli import build_parser
 from pgcloud_nb.sandbox import Sandbox
 
 BINDER = nbrun.ROOT / "binder"
@@ -62,16 +65,76 @@ def test_the_environment_files() -> None:
     assert START.read_text().rstrip().endswith('exec "$@"')
 
 
-def test_requirements_match_the_package() -> None:
-    """binder/requirements.txt repeats pyproject's requirements; they must not drift apart."""
+def _notebook_requirements() -> set[str]:
+    """pyproject's dependencies and its notebook extra, with the extras it pulls in itself."""
     project = tomllib.loads((nbrun.ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     declared = {r.replace(" ", "") for r in project["dependencies"]}
-    declared |= {r.replace(" ", "") for r in project["optional-dependencies"]["notebook"]}
+    todo, seen = ["notebook"], set()
+    while todo:
+        extra = todo.pop()
+        seen.add(extra)
+        for req in extras[extra]:
+            own = re.fullmatch(r"pgcloud-nb\[([\w,-]+)\]", req.replace(" ", ""))
+            if own:
+                todo += [e for e in own.group(1).split(",") if e not in seen]
+            else:
+                declared.add(req.replace(" ", ""))
+    return declared
+
+
+def test_requirements_match_the_package() -> None:
+    """binder/requirements.txt repeats pyproject's requirements: the same set, both ways."""
+    declared = _notebook_requirements()
     lines = (BINDER / "requirements.txt").read_text().splitlines()
     wanted = {line.split("#")[0].replace(" ", "") for line in lines} - {""}
     assert wanted <= declared, f"not in pyproject.toml as written: {sorted(wanted - declared)}"
+    assert declared <= wanted, f"missing from binder/requirements.txt: {sorted(declared - wanted)}"
     postbuild = (BINDER / "postBuild").read_text()
     assert '-e ".[notebook]"' in postbuild
+
+
+def _python_lines(script: str) -> list[list[str]]:
+    """The ``python -c "..."`` commands of a shell script, as argument lists."""
+    return [
+        shlex.split(line.strip())
+        for line in script.splitlines()
+        if line.strip().startswith("python -c ")
+    ]
+
+
+def test_postbuild_python_checks_run() -> None:
+    """Each ``python -c`` check of postBuild runs against this checkout (imports included).
+
+    The build runs them after installing the package; a module they name that moved
+    away would fail the Binder build, so it fails here first.
+    """
+    commands = _python_lines((BINDER / "postBuild").read_text())
+    assert commands, "postBuild has no python -c check of the PostgreSQL binaries"
+    for argv in commands:
+        assert argv[:2] == ["python", "-c"] and len(argv) == 3, argv
+        run = subprocess.run(
+            [sys.executable, "-c", argv[2]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=nbrun.ROOT,
+            env=nbrun.clean_env(),
+        )
+        assert run.returncode == 0, f"{argv[2]}\n{run.stderr[-2000:]}"
+
+
+def test_postbuild_cli_commands_exist() -> None:
+    """The ``pgcloud_nb.cli`` subcommands postBuild runs are ones the CLI knows."""
+    parser = build_parser()
+    lines = [line.strip() for line in (BINDER / "postBuild").read_text().splitlines()]
+    used = [
+        line.split("pgcloud_nb.cli", 1)[1].split() for line in lines if "pgcloud_nb.cli " in line
+    ]
+    assert used, "postBuild installs no PostgreSQL major for the sandbox"
+    for words in used:
+        args = [w.strip('"').replace("$major", "17") for w in words if w not in ("||",)]
+        parser.parse_args(args)  # exits 2 on an unknown command or flag
 
 
 @pytest.mark.slow
