@@ -14,6 +14,8 @@ is ~8–12 bytes a sample; :attr:`History.bytes_per_sample` reports it.
   :meth:`History.rates` and :meth:`History.derived` compute on the arrays.
 - :meth:`History.save` / :meth:`History.load` use Parquet (the long frame, so
   DuckDB or ClickHouse can read the file directly).
+- :meth:`History.from_store` loads a time range of the collector's ClickHouse
+  store (``pgcloud_nb.collect.Store``), which can import the Parquet files too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,17 @@ from .metrics import CACHE, COMMITS, CORES, CPU, ROLLBACKS, counter_rates, deriv
 from .prometheus import LABEL_ORDER, TS_DTYPE, label_columns, parse_prometheus
 
 __all__ = ["History"]
+
+
+class _Samples(Protocol):
+    # What from_store asks of a pgcloud_nb.collect.Store (which imports this package's
+    # modules, so it is not imported here: docs/architecture.md, Rules).
+    def frame(
+        self,
+        start: datetime | pd.Timestamp | None = None,
+        end: datetime | pd.Timestamp | None = None,
+    ) -> pd.DataFrame: ...
+
 
 _Key = tuple[str | None, str | None, str, tuple[tuple[str, str], ...]]
 _BASE = ("service_id", "service_name", "metric")
@@ -235,6 +248,23 @@ class History:
                 frame[col] = frame[col].astype("category")
         history = cls(max_age=max_age)
         history.add(frame)
+        return history
+
+    @classmethod
+    def from_store(
+        cls,
+        store: _Samples,
+        start: datetime | pd.Timestamp | None = None,
+        end: datetime | pd.Timestamp | None = None,
+        *,
+        max_age: timedelta | None = None,
+    ) -> History:
+        """A History of the store's samples with ``start <= timestamp < end``.
+
+        Nothing is trimmed by default (``max_age=None``): the range asked for is kept.
+        """
+        history = cls(max_age=max_age)
+        history.add(store.frame(start, end))
         return history
 
     def __repr__(self) -> str:
