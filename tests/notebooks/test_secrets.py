@@ -20,18 +20,16 @@ a file anyone but its owner can read.
 
 from __future__ import annotations
 
-import html
 import json
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import nbformat
 import nbrun
 import pytest
 from nbformat import NotebookNode
+from secretscan import findings
 
 import pgcloud_nb
 from pgcloud_nb.ratelimit import Budget
@@ -39,13 +37,6 @@ from pgcloud_nb.redaction import redact
 from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-# A URL or key=value connection string with a password that is not a mask.
-SHAPES = (
-    re.compile(r"postgres(?:ql)?://[^\s:/@'\"<>]+:(?!\*)[^\s@'\"<>]+@"),
-    re.compile(r"\bpassword\s*=\s*(?!\*|SecretStr\(|None\b|['\"]?\*)[^\s&'\"<>),]+"),
-    re.compile(r"\bPGPASSWORD\s*=\s*(?!\*)\S+"),
-)
 
 
 @pytest.fixture(scope="module")
@@ -58,42 +49,9 @@ def nb_sandbox() -> Iterator[SandboxInfo]:
     shutil.rmtree(home.parent, ignore_errors=True)
 
 
-def _forms(secret: str) -> set[str]:
-    return {secret, html.escape(secret), json.dumps(secret)[1:-1], quote(secret, safe="")}
-
-
-def _hint(secret: str) -> str:
-    """Enough to tell findings apart, never the secret itself."""
-    return f"a {len(secret)}-character secret starting {secret[:2]!r}"
-
-
-def _places(nb: NotebookNode) -> Iterator[tuple[str, str]]:
-    """(where, text) for every output part of every cell, and the saved widget state."""
-    for cell in nbrun.code_cells(nb):
-        for i, output in enumerate(cell.get("outputs", [])):
-            yield f"cell {cell.get('id')!r} output {i}", json.dumps(output, ensure_ascii=False)
-    widgets = nb.metadata.get("widgets")
-    if widgets is not None:
-        yield "saved widget state", json.dumps(widgets, ensure_ascii=False)
-
-
-def findings(nb: NotebookNode, secrets: set[str]) -> list[str]:
-    """Every place a secret, or something shaped like a credential, shows; [] when clean."""
-    found = []
-    for where, text in _places(nb):
-        for secret in secrets:
-            if any(form in text for form in _forms(secret)):
-                found.append(f"{where}: {_hint(secret)}")
-        for shape in SHAPES:
-            if match := shape.search(text):
-                key = re.split(r"(?<=[=:])", match[0], maxsplit=2)[:2]
-                found.append(f"{where}: shaped like a credential: {''.join(key)}***")
-    return found
-
-
 def _run(name: str, work: Path, info: SandboxInfo) -> tuple[NotebookNode, set[str]]:
     record = work.parent / "secrets.json"
-    env = nbrun.clean_env(**info.env(), PGCLOUD_NB_WORKLOAD="python")
+    env = nbrun.clean_env(**info.env())
     nb = nbrun.execute(work / name, env, record)
     return nb, set(json.loads(record.read_text())) | {info.key_secret}
 
