@@ -213,10 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     jupyter = lab.add_argument_group("passed on to jupyter lab")
     jupyter.add_argument(
-        "--port", type=_port, help="JupyterLab's port (default 8888, or the next free one)"
+        "--port",
+        type=_port,
+        dest="lab_port",  # not the sandbox's --port (_settings reads args.port)
+        metavar="PORT",
+        help="JupyterLab's port (default 8888, or the next free one)",
     )
-    jupyter.add_argument("--ip", metavar="ADDR", help="address to listen on (default localhost)")
+    jupyter.add_argument(
+        "--ip", dest="lab_ip", metavar="ADDR", help="address to listen on (default localhost)"
+    )
     jupyter.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    # everything after `collect` goes to its own parser (pgcloud_nb.collect.command)
+    commands.add_parser("collect", add_help=False, help="fleet metric history into ClickHouse")
     return parser
 
 
@@ -339,8 +347,8 @@ def _lab(args: argparse.Namespace, sb: Sandbox, jupyter_args: list[str]) -> int:
               file=sys.stderr)  # fmt: skip
         return EXIT_NO_JUPYTER
     where = NOTEBOOKS if NOTEBOOKS.is_dir() else Path.cwd()
-    flags = [*([f"--port={args.port}"] if args.port is not None else []),
-             *([f"--ip={args.ip}"] if args.ip else []),
+    flags = [*([f"--port={args.lab_port}"] if args.lab_port is not None else []),
+             *([f"--ip={args.lab_ip}"] if args.lab_ip else []),
              *(["--no-browser"] if args.no_browser else [])]  # fmt: skip
     argv = jupyter_argv(flags, jupyter_args)
     cloud = None if args.sandbox else cloud_key(where)
@@ -355,6 +363,10 @@ def _lab(args: argparse.Namespace, sb: Sandbox, jupyter_args: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command == "collect":  # imported here: the store pulls in ClickHouse's engine
+        from pgcloud_nb.collect.command import main as collect
+
+        return collect(extra)
     if args.command != "lab" and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

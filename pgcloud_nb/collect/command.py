@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from ..ratelimit import budget_for
 from . import process
 from .collector import DEFAULT_INTERVAL, DEFAULT_RESERVE
 
-__all__ = ["add_parser", "main", "start", "status", "stop"]
+__all__ = ["build_parser", "main", "start", "status", "stop"]
 
 INTERVAL_ENV = "PGCLOUD_COLLECT_INTERVAL"
 EXIT_FAILED, EXIT_NOT_RUNNING = 1, 3
@@ -112,8 +113,8 @@ def _secret_of(client: Any) -> str:
 # -- the command line ---------------------------------------------------------------------
 
 
-def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
-    """``collect`` and its actions, under the CLI's subcommands."""
+def build_parser() -> argparse.ArgumentParser:
+    """``pgcloud-nb collect`` and its actions (the CLI hands it everything after ``collect``)."""
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument("--home", type=Path, help="the collector's folder (lock, state, log)")
     knobs = argparse.ArgumentParser(add_help=False)
@@ -123,19 +124,29 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--reserve",
         type=int,
         default=DEFAULT_RESERVE,
+        choices=range(1, 11),
         metavar="N",
         help=f"requests per 10 s it may take of the key's 10 (default {DEFAULT_RESERVE})",
     )
-    collect = commands.add_parser("collect", parents=parents, help="fleet history into ClickHouse")
-    actions = collect.add_subparsers(dest="action", required=True, metavar="ACTION")
+    parser = argparse.ArgumentParser(
+        prog="pgcloud-nb collect",
+        description="Collect the fleet's metric history into ClickHouse.",
+        allow_abbrev=False,
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("run", parents=[home, knobs], help="collect in the foreground")
     actions.add_parser("start", parents=[home, knobs], help="collect in the background")
     st = actions.add_parser("status", parents=[home], help="is it running? (exit 0 if so)")
     st.add_argument("--json", action="store_true", help="the state as JSON")
     actions.add_parser("stop", parents=[home], help="stop the background collector")
+    return parser
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "interval", None) is not None and args.interval <= 0:
+        print("pgcloud-nb collect: error: --interval must be above 0", file=sys.stderr)
+        return 2
     try:
         return _dispatch(args)
     except (PgCloudError, RuntimeError, OSError) as e:

@@ -275,6 +275,14 @@ def serve(home: Path, config: dict[str, Any], stop_event: threading.Event) -> in
         retry=collector_retry(interval),
     )
     stores = _Stores(config.get("dsn"), wait=max(5.0, interval / 2))
+    try:  # a wrong DSN fails here, loudly, not as rounds skipped one by one
+        with stores.round():
+            pass
+    except Exception as e:
+        logging.getLogger("pgcloud_nb.collect").error("cannot open the store: %s", redact(str(e)))
+        client.close()
+        lock.close()
+        return 1
     view = _RoundStore()
     state: CollectorStatus = {
         "pid": os.getpid(),
