@@ -76,27 +76,31 @@ def test_create_form_fields_come_from_the_spec(pg: Client) -> None:
     form.provider.value = "gcp"
     assert all("-" in size for _, size in form.size.options)
     assert "us-central1" in form.region.options
-    form.region.value = "my-own-region-1"  # free text is allowed
-    assert form.body()[0]["region"] == "my-own-region-1"
+    form.region.value = "my-own-region-1"  # typed, and refused as the API refuses it
+    body, errors = form.body()
+    assert body["region"] == "my-own-region-1"
+    assert [e.field for e in errors if "not a region" in e.message] == ["region"]
 
 
 def test_create_form_refuses_bad_input_beside_each_field(pg: Client) -> None:
     form = CreateForm(pg)
     before = pg.request_count
     form.submit.click()
-    assert form.labels["name"].text  # empty name: minLength 1
-    assert form.labels["region"].text == "is required"
+    assert form.labels["name"].text == "Name is required"
+    assert form.labels["region"].text == "Region is required"
     form.name.value = "x" * 51
     form.region.value = "us-east-1"
     form.tags.add("bad key!", "v")
     form.pg_config.value = "max_connections=0\nno_such_key=1\nnot a pair"
     form.submit.click()
-    assert "x" * 10 in form.labels["name"].text or "long" in form.labels["name"].text
-    assert form.labels["region"].text == ""
-    assert "not a valid value" in form.tags.error_labels()["tags[0]"].text
+    assert form.labels["name"].text == "Name is 51 characters; the limit is 50"
+    assert form.labels["region"].text == ""  # fixed: its error went at once
+    assert form.tags.error_labels()["tags[0]"].text == (
+        "Tag key 'bad key!' may hold only letters, digits, '.', '_' and '-'"
+    )
     config_errors = form.labels["pgConfig"].text
-    assert "minimum of 1" in config_errors
-    assert "no_such_key" in config_errors and "can't be validated" in config_errors
+    assert "max_connections must be at least 1 (it is 0)" in config_errors
+    assert "no_such_key is not a setting the API accepts" in config_errors
     assert "line 3: expected key=value" in config_errors
     assert "not sent" in form.status.value
     assert pg.request_count == before  # nothing was sent
@@ -173,12 +177,16 @@ def test_create_form_runs_as_a_task_when_a_loop_runs(pg: Client) -> None:
         task = form.task
         assert task is not None and not task.done()  # the callback did not block
         assert form.submit.disabled
-        await asyncio.wait_for(task, 120)
+        await asyncio.wait_for(form.finished(), 120)
 
     asyncio.run(scenario())
     assert form.errors.outputs == (), form.errors.text
     assert form.result is not None and form.result.state == "running"
-    assert not form.submit.disabled
+    # Done: the button stays off, and a second click (or call) sends nothing.
+    assert form.submit.disabled and form.submit.description == "Created"
+    before = pg.request_count
+    form.create()
+    assert pg.request_count == before and "already" in form.status.value
     pg.delete_service(form.result.id)
 
 
@@ -190,13 +198,14 @@ def test_create_form_shows_the_api_error_with_request_id(pg: Client) -> None:
     form.size.value = "m99.huge"
     # The spec refuses it before sending...
     form.submit.click()
-    assert "not one of the allowed values" in form.labels["size"].text
+    assert form.labels["size"].text.startswith("'m99.huge' is not a size the API offers")
     # ...and when the check is bypassed, the API's own 400 shows, with its requestId.
     form.validate = lambda: []  # type: ignore[method-assign]
     form.submit.click()
     shown = form.errors.text
     assert "BadRequestError 400" in shown and "requestId" in shown
     assert pg.last_request_id and pg.last_request_id in shown
+    assert not form.submit.disabled  # nothing was made: the form may be sent again
 
 
 # -- picker, tags, config, delete -----------------------------------------------------------
@@ -240,11 +249,11 @@ def test_tag_editor_refuses_bad_tags(pg: Client, service: PostgresService) -> No
     editor.rows.add("chc ok?", "")
     editor.apply_button.click()
     labels = editor.rows.error_labels()
-    assert "not a valid value" in labels["tags[1]"].text
+    assert "may hold only letters" in labels["tags[1]"].text
     editor.rows.remove("chc ok?")
     editor.rows.add("team", "again")
     editor.apply_button.click()
-    assert "duplicate key" in editor.form_error.text
+    assert "duplicate tag key(s): team" in editor.form_error.text
     assert pg.request_count == before
     assert pg.get_service(service.id).tags_dict == {"team": "data"}
 
@@ -287,7 +296,9 @@ def test_config_editor_refuses_invalid_values(pg: Client, service: PostgresServi
     before = pg.request_count
     editor.set(default_transaction_isolation="sometimes", max_slot_wal_keep_size=-1)
     editor.apply_button.click()
-    assert "not one of the allowed values" in editor.labels["default_transaction_isolation"].text
+    assert editor.labels["default_transaction_isolation"].text.startswith(
+        "'sometimes' is not allowed for default_transaction_isolation: choose one of"
+    )
     assert 'quote it: "-1"' in editor.labels["max_slot_wal_keep_size"].text
     assert "not sent" in editor.status.value and pg.request_count == before
     editor.set(default_transaction_isolation="serializable", max_slot_wal_keep_size='"-1"')

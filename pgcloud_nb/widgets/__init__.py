@@ -6,11 +6,15 @@
 
 Every widget works in JupyterLab 4 and without a kernel: set ``.value`` on its
 fields and call ``.click()`` on its buttons, then look at the API. Errors in
-callbacks appear in the widget's ``errors`` panel (status, API message and
-requestId), never only in the kernel log. Waits after a click (create, restart,
-delete) run as asyncio tasks on the kernel's loop, so the kernel stays free;
-without a loop they run to completion inside ``.click()``. No widget ever shows
-a password or connection string.
+callbacks appear in the widget's ``errors`` panel in one line (type, status and
+the API's message; the requestId under "details"), never only in the kernel log,
+in JupyterLab's theme colours. Each action starts by clearing what the last one
+reported. Every request (loads, refreshes, writes, and the waits after create,
+restart and delete) runs as a job: an asyncio task on the kernel's loop with the
+blocking call in a thread, so the kernel stays free even when the API is down;
+without a loop it runs to completion inside ``.click()``. In a notebook cell,
+``await widget.finished()`` before reading what a job fetched. No widget ever
+shows a password or connection string.
 """
 
 from ..jobs import ErrorPanel

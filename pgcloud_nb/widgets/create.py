@@ -1,12 +1,19 @@
 """The create form: fields from the spec's enums, validated by the spec, progress to
 ``running``, and credentials that are written to private files but never shown.
+
+Problems are said in a person's words (:mod:`pgcloud_nb.widgets.wording`) and
+checked again at every edit once a click has found one, so a fixed field loses
+its error at once. A form that created its service stays done: its button is
+disabled until :meth:`CreateForm.reset`, so a second click cannot make a second
+service of the same name.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -15,28 +22,29 @@ from ..jobs import (
     Call,
     ErrorPanel,
     Job,
+    JobQueue,
     StatusLine,
-    cancel,
+    action,
     close_children,
     guarded,
-    run_job,
     wait_job,
 )
-from ..models import PostgresService
-from ..regions import REGIONS
-from ..sizes import SizeSpec, all_sizes
+from ..models import PostgresService, PostgresServiceListItem
+from ..regions import REGIONS, known
 from ..spec import FieldError, enum_values, validate_body
 from ..waiters import DEFAULT_TIMEOUT
+from .credentials import CredentialsBox
 from .inputs import (
     ErrorLabel,
     TagRows,
     beside,
     config_placeholder,
-    env_prefix,
+    families,
+    family_label,
     parse_config_text,
     route_errors,
-    write_connection_details,
 )
+from .wording import config_problems, duplicate_tags, in_words, region_problems
 
 if TYPE_CHECKING:
     import asyncio
@@ -47,26 +55,14 @@ if TYPE_CHECKING:
 
 __all__ = ["REGION_SUGGESTIONS", "CreateForm"]
 
-# Suggestions only: the field is a combobox, free text wins, and a region the API does
-# not serve gets its own 400. The list is the package's one (pgcloud_nb.regions).
+# The regions offered, per provider: the package's one list (pgcloud_nb.regions), which the
+# sandbox enforces too. The form refuses others, as the API does with a 400
+# (docs/api-behaviour.md §11.2); ``regions=`` adds more (a region the list lacks).
 REGION_SUGGESTIONS: dict[str, tuple[str, ...]] = REGIONS
+_POST = "PostgresServicePostRequest"
 _PREFERRED_FAMILY = {"aws": "r8gd"}  # the docs' own examples use r8gd.large
 _WIDE = widgets.Layout(width="30em")
 _AUTO = widgets.Layout(width="auto")
-
-
-def _families(provider: str) -> dict[str, list[SizeSpec]]:
-    groups: dict[str, list[SizeSpec]] = {}
-    for spec in all_sizes():
-        if spec.provider == provider:
-            groups.setdefault(spec.family, []).append(spec)
-    return groups
-
-
-def _family_label(family: str, sizes: Sequence[SizeSpec]) -> str:
-    per_cpu = sizes[0].memory_gib / sizes[0].vcpus
-    cpus = f"{sizes[0].vcpus}–{sizes[-1].vcpus}"
-    return f"{family} · {per_cpu:g} GiB/vCPU · {cpus} vCPU"
 
 
 class CreateForm(widgets.VBox):
@@ -75,14 +71,20 @@ class CreateForm(widgets.VBox):
     Fill it by setting ``.value`` on its fields (``name``, ``provider``,
     ``region``, ``family``, ``size``, ``version``, ``ha_type``, ``tags``,
     ``pg_config``) or by hand, then click ``submit``. The body is validated
-    against the spec's ``PostgresServicePostRequest`` first; errors appear beside
-    their fields and nothing is sent. After the create, ``status`` follows the
-    state until ``running`` (a task on the kernel's loop; see :mod:`pgcloud_nb.jobs`).
+    against the spec (and the known regions, and each ``pgConfig`` value against
+    its parameter's kind) first; errors appear beside their fields and nothing
+    is sent. A taken name is warned about, and sent only on a second click.
+    Then ``status`` follows the service to ``running`` (a task on the kernel's
+    loop; see :mod:`pgcloud_nb.jobs`); the form stays done until :meth:`reset`.
+
+    ``tags`` are the rows the form starts with (and returns to on reset): a
+    notebook passes its run's tags, so its clean-up cell finds what the form made.
 
     The create response holds the only copy of the password the API will ever
     send. The form keeps it in :attr:`service` (masked ``SecretStr``) and never
     displays it: instead it offers to write it to a mode-0600 file or to
-    ``.env``, or to open a psycopg connection (:attr:`connection`).
+    ``.env``, or to open a psycopg connection (:attr:`connection`). Files written
+    are listed in :attr:`credential_files`; :meth:`remove_credentials` takes them back.
     """
 
     def __init__(
@@ -92,14 +94,19 @@ class CreateForm(widgets.VBox):
         provider: str = "aws",
         env_file: str | os.PathLike[str] = ".env",
         timeout: float = DEFAULT_TIMEOUT,
+        tags: Mapping[str, str] | None = None,
+        regions: Iterable[str] = (),
     ) -> None:
         self.client = client
         self.env_file = env_file
         self.timeout = timeout
+        self.default_tags = dict(tags or {})
+        self.extra_regions = tuple(regions)
         self.service: PostgresService | None = None  # the create response: secrets inside
         self.result: PostgresService | None = None  # the running service (no secrets)
-        self.connection: psycopg.Connection[Any] | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.existing: dict[str, PostgresServiceListItem] = {}  # name → a service of that name
+        self._checking = False  # after a refused click, every edit checks the form again
+        self._confirmed_name: str | None = None  # a taken name the person chose to reuse
 
         style = {"description_width": "8em"}
         self.name = widgets.Text(
@@ -113,7 +120,7 @@ class CreateForm(widgets.VBox):
             style=style,
             layout=_WIDE,
             ensure_option=False,
-            placeholder="us-east-1",
+            placeholder="pick a region",
         )
         self.family = widgets.Dropdown(description="size family", style=style, layout=_WIDE)
         self.size = widgets.Dropdown(description="size", style=style, layout=_WIDE)
@@ -123,7 +130,7 @@ class CreateForm(widgets.VBox):
         self.ha_type = widgets.ToggleButtons(
             description="HA", style=style, options=enum_values("pgHaType"), value="none"
         )
-        self.tags = TagRows()
+        self.tags = TagRows(self.default_tags)
         self.pg_config = widgets.Textarea(
             description="pgConfig",
             style=style,
@@ -133,56 +140,33 @@ class CreateForm(widgets.VBox):
         self.submit = widgets.Button(
             description="Create service", button_style="primary", icon="plus", layout=_AUTO
         )
+        self.reset_button = widgets.Button(
+            description="New form", icon="undo", layout=widgets.Layout(width="auto", display="none")
+        )
         self.status = StatusLine()
         self.errors = ErrorPanel()
+        self.jobs = JobQueue(self.errors)
 
-        self.labels = {
-            k: ErrorLabel()
-            for k in (
-                "name",
-                "provider",
-                "region",
-                "size",
-                "postgresVersion",
-                "haType",
-                "tags",
-                "pgConfig",
-            )
-        }
+        fields = "name provider region size postgresVersion haType tags pgConfig"
+        self.labels = {k: ErrorLabel() for k in fields.split()}
         self.form_error = ErrorLabel()
-
-        # After the create: what to do with the credentials (never shown).
-        self.credentials_path = widgets.Text(description="file", style=style, layout=_WIDE)
-        self.write_file = widgets.Button(
-            description="Write to 0600 file", icon="lock", layout=_AUTO
-        )
-        self.write_env = widgets.Button(
-            description=f"Add to {os.fspath(env_file)}", icon="file", layout=_AUTO
-        )
-        self.open_connection = widgets.Button(
-            description="Open psycopg connection", icon="plug", layout=_AUTO
-        )
-        self.credentials_status = StatusLine()
-        self.after = widgets.VBox(
-            [
-                widgets.HTML(
-                    "<b>Connection details</b> (the API sends the password once; "
-                    "it is kept, masked, and never displayed)"
-                ),
-                widgets.HBox([self.credentials_path, self.write_file]),
-                widgets.HBox([self.write_env, self.open_connection]),
-                self.credentials_status,
-            ],
-            layout=widgets.Layout(display="none"),
-        )
+        self.after = CredentialsBox(self._created, client.connect_service, env_file, self.errors)
+        box = self.after  # its fields, as the form's own (they sit in the form)
+        self.credentials_path, self.credentials_status = box.path, box.status
+        self.write_file, self.write_env = box.write_file, box.write_env
+        self.open_connection = box.open_connection
+        # Files the form wrote credentials to: path → the variable names written.
+        self.credential_files: dict[Path, list[str]] = box.files
 
         guard = guarded(self.errors)
         self.provider.observe(guard(lambda _: self._provider_changed()), "value")
         self.family.observe(guard(lambda _: self._family_changed()), "value")
+        for field in (self.name, self.region, self.size, self.version, self.ha_type):
+            field.observe(guard(lambda _: self._edited()), "value")
+        self.pg_config.observe(guard(lambda _: self._edited()), "value")
+        self.tags.on_change(guard(self._edited))
         self.submit.on_click(guard(lambda _: self.create()))
-        self.write_file.on_click(guard(lambda _: self.save_credentials()))
-        self.write_env.on_click(guard(lambda _: self.save_to_env()))
-        self.open_connection.on_click(guard(lambda _: self.connect()))
+        self.reset_button.on_click(guard(lambda _: self.reset()))
         self._provider_changed()
 
         lab = self.labels
@@ -204,37 +188,61 @@ class CreateForm(widgets.VBox):
                     ]
                 ),
                 beside(self.pg_config, lab["pgConfig"]),
-                widgets.HBox([self.submit, self.status]),
+                widgets.HBox([self.submit, self.reset_button, self.status]),
                 self.form_error,
                 self.after,
                 self.errors,
             ]
         )
         self.add_class("pgcloud-create-form")
+        self.load_names()
+
+    # -- what the form knows --
+
+    def load_names(self) -> None:
+        """Read the organization's services (one request, as a job): their names are taken."""
+        self.jobs.call(self.client.list_services, self._names_loaded)
+
+    def _names_loaded(self, items: list[PostgresServiceListItem]) -> None:
+        self.existing = {s.name: s for s in items if s.name and s.state != "deleting"}
+        self._edited()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The form's last job (a create and its wait), None when it ran inline."""
+        return self.jobs.task
+
+    async def finished(self) -> None:
+        """Wait for the form's jobs: ``await form.finished()`` in a notebook cell."""
+        await self.jobs.finished()
 
     # -- dependent fields --
 
     def _provider_changed(self) -> None:
         provider = self.provider.value
-        self.region.options = REGION_SUGGESTIONS.get(provider, ())
-        groups = _families(provider)
-        self.family.options = [(_family_label(f, s), f) for f, s in groups.items()]
+        self.region.options = (*known(provider), *self.extra_regions)
+        groups = families(provider)
+        self.family.options = [(family_label(f, s), f) for f, s in groups.items()]
         preferred = _PREFERRED_FAMILY.get(provider)
         if groups:
             self.family.value = preferred if preferred in groups else next(iter(groups))
         self._family_changed()
 
     def _family_changed(self) -> None:
-        sizes = _families(self.provider.value).get(self.family.value or "", [])
+        sizes = families(self.provider.value).get(self.family.value or "", [])
         self.size.options = [(s.label, s.name) for s in sizes]
         if sizes:
             # the smallest size with 2+ vCPU is a sensible first service
             self.size.value = next((s.name for s in sizes if s.vcpus >= 2), sizes[0].name)
 
+    def _edited(self) -> None:
+        if self._checking and self.service is None:
+            self.validate()
+
     # -- the body --
 
     def body(self) -> tuple[dict[str, Any], list[FieldError]]:
-        """The POST body as the form stands, and every problem with it (by the spec)."""
+        """The POST body as the form stands, and every problem with it, in a person's words."""
         body: dict[str, Any] = {
             "name": self.name.value.strip(),
             "provider": self.provider.value,
@@ -242,7 +250,7 @@ class CreateForm(widgets.VBox):
             "postgresVersion": self.version.value,
             "haType": self.ha_type.value,
         }
-        if region := self.region.value.strip():  # empty: let the spec say "is required"
+        if region := self.region.value.strip():  # empty: the spec says "is required"
             body["region"] = region
         if tags := self.tags.payload():
             body["tags"] = tags
@@ -251,27 +259,60 @@ class CreateForm(widgets.VBox):
             body["pgConfig"] = config
         if body["size"] is None:
             del body["size"]
-        return body, errors + validate_body("PostgresServicePostRequest", body)
+        found = in_words(validate_body("PostgresServicePostRequest", body), body, _POST)
+        found += region_problems(body, self.extra_regions) + duplicate_tags(body.get("tags", []))
+        found += config_problems(config, prefix="pgConfig.")
+        return body, errors + found
 
     def validate(self) -> list[FieldError]:
-        """Check the form and show each error beside its field; ``[]`` when it may be sent."""
+        """Check the form and show each error beside its field; ``[]`` when it may be sent.
+
+        A name that an existing service has is shown too, as a warning that does
+        not stop the send.
+        """
         _, errors = self.body()
         route_errors(errors, {**self.labels, **self.tags.error_labels()}, self.form_error)
+        taken = self.existing.get(self.name.value.strip())
+        if taken is not None and not self.labels["name"].text:
+            state = taken.state.value if taken.state else "?"
+            self.labels["name"].set(
+                [f"a service named {taken.name!r} exists ({state}, id {taken.id})"], tone="warn"
+            )
+        if not errors and self._checking:
+            self.status.clear()
+        elif errors:
+            self.status.set(f"not sent: {len(errors)} field(s) to fix", icon="⚠")
         return errors
 
     # -- actions --
 
+    @action()
     def create(self) -> None:
         """Validate, then create and follow the service to ``running`` (the submit button)."""
-        self.errors.clear()
-        if errors := self.validate():
-            self.status.set(f"not sent: {len(errors)} field(s) to fix", icon="⚠")
+        if self.service is not None:
+            self.status.set(
+                f"this form made {self.service.name!r} already: click “New form” for another",
+                icon="⚠",
+            )
             return
+        if self.validate():
+            self._checking = True
+            return
+        self._checking = False
         body, _ = self.body()
+        if body["name"] in self.existing and self._confirmed_name != body["name"]:
+            self._confirmed_name = body["name"]
+            self.status.set(
+                "not sent: that name is taken; click Create again to make a second service "
+                "with the same name",
+                icon="⚠",
+            )
+            return
         self.submit.disabled = True
-        self.task = run_job(self._create_job(body), self.errors)
+        self.jobs.start(self._create_job(body))
 
     def _create_job(self, body: dict[str, Any]) -> Job[None]:
+        created = False
         try:
             self.status.set(f"creating {body['name']!r}…", icon="…")
             call = functools.partial(
@@ -287,50 +328,69 @@ class CreateForm(widgets.VBox):
             )
             self.service = yield Call(call)
             assert self.service is not None
-            self.credentials_path.value = f"{env_prefix(body['name']).lower()[:-1]}.env"
-            self.after.layout.display = None  # the password is in memory: offer to keep it
+            created = True
+            self.submit.description = "Created"
+            self.reset_button.layout.display = None
+            self.after.offer(self.service)  # the password is in memory: offer to keep it
             self.result = yield from wait_job(
-                self.client, self.service.id, "running", status=self.status, timeout=self.timeout
+                self.client,
+                self.service.id,
+                "running",
+                status=self.status,
+                timeout=self.timeout,
+                name=body["name"],
             )
         finally:
-            self.submit.disabled = False
+            # Once the API has made the service, the form is done, whatever the wait says.
+            self.submit.disabled = created
+
+    @action()
+    def reset(self) -> None:
+        """Empty the form for another service (the tags return to the form's defaults).
+
+        The service made before stays; its credentials stay in
+        :attr:`credential_files` until :meth:`remove_credentials`.
+        """
+        self.jobs.cancel()
+        self.service = self.result = None
+        self._checking, self._confirmed_name = False, None
+        self.name.value = ""
+        self.pg_config.value = ""
+        self.tags.set_tags(self.default_tags)
+        self.submit.description, self.submit.disabled = "Create service", False
+        self.reset_button.layout.display = "none"
+        self.after.hide()
+        self.load_names()
 
     def _created(self) -> PostgresService:
         if self.service is None:
             raise RuntimeError("no service created yet: fill the form and click Create")
         return self.service
 
+    # -- credentials (the box below the form) --
+
+    @property
+    def connection(self) -> psycopg.Connection[Any] | None:
+        return self.after.connection
+
     def save_credentials(self, path: str | os.PathLike[str] | None = None) -> str:
         """Write libpq's ``PG*`` variables and ``DATABASE_URL`` to a mode-0600 file."""
-        target = os.fspath(path if path is not None else self.credentials_path.value.strip())
-        if not target:
-            raise ValueError("give a file name for the connection details")
-        names = write_connection_details(self._created(), target)
-        self.credentials_status.set(f"wrote {', '.join(names)} to {target} (mode 0600)", icon="✓")
-        return target
+        return self.after.save(path)
 
     def save_to_env(self) -> str:
         """Merge ``PGCLOUD_<NAME>_*`` variables into the ``.env`` file (mode 0600)."""
-        svc = self._created()
-        names = write_connection_details(svc, self.env_file, prefix=env_prefix(svc.name or svc.id))
-        target = os.fspath(self.env_file)
-        self.credentials_status.set(f"wrote {', '.join(names)} to {target} (mode 0600)", icon="✓")
-        return target
+        return self.after.save_to_env()
 
     def connect(self) -> psycopg.Connection[Any]:
         """Open a psycopg connection with the credentials from the create response."""
-        svc = self._created()
-        self.connection = self.client.connect_service(svc)
-        info = self.connection.info
-        self.credentials_status.set(
-            f"connected as {info.user}@{info.host}:{info.port}/{info.dbname} "
-            f"(PostgreSQL {info.server_version // 10000}); use form.connection",
-            icon="✓",
-        )
-        return self.connection
+        return self.after.connect()
+
+    def remove_credentials(self) -> list[Path]:
+        """Delete the files the form wrote (only its own lines of a file it merged into)."""
+        return self.after.remove()
 
     def close(self) -> None:
         """Stop a running create/wait task, and close the widgets."""
-        cancel(self.task)
+        self.jobs.cancel()
         close_children(self)
         super().close()

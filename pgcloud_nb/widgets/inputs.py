@@ -13,36 +13,45 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
 
-from ..jobs import close_children
+from ..jobs import Message, close_children
+from ..messages import styled
 from ..models import PostgresService
+from ..sizes import SizeSpec, all_sizes
 from ..spec import FieldError, pg_config_keys
+from .wording import Worded
 
 __all__ = [
     "ErrorLabel",
     "TagRows",
     "config_value",
+    "families",
+    "family_label",
     "parse_config_text",
+    "remove_connection_details",
     "route_errors",
     "write_connection_details",
 ]
 
 
-class ErrorLabel(widgets.HTML):
-    """The red text beside a field; empty when the field is fine."""
+class ErrorLabel(Message, widgets.HTML):
+    """The text beside a field, in the theme's error colour; empty when the field is fine."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.add_class("pgcloud-field-error")
 
-    def set(self, messages: Iterable[str]) -> None:
+    def set(self, messages: Iterable[str], *, tone: str = "error") -> None:
         text = "; ".join(messages)
-        self.value = f"<span style='color:#b00020'>{html.escape(text)}</span>" if text else ""
+        self.value = styled(html.escape(text), tone) if text else ""
+
+    def clear(self) -> None:
+        self.value = ""
 
     @property
     def text(self) -> str:
@@ -76,11 +85,15 @@ def route_errors(
             default=None,
         )
         where = key if key is not None else "\0fallback"
-        shown = err.message if key == err.field else f"{err.field}: {err.message}"
+        named = key == err.field or isinstance(err, Worded)  # the message names its field
+        shown = err.message if named else f"{err.field}: {err.message}"
         found.setdefault(where, []).append(shown)
-    for key, label in labels.items():
-        label.set(found.get(key, []))
-    fallback.set(found.get("\0fallback", []))
+    # A label may serve several keys (and be the fallback too): set each one once.
+    shown: dict[int, tuple[ErrorLabel, list[str]]] = {}
+    for key, label in [*labels.items(), ("\0fallback", fallback)]:
+        shown.setdefault(id(label), (label, []))[1].extend(found.get(key, []))
+    for label, messages in shown.values():
+        label.set(messages)
 
 
 # -- tags ------------------------------------------------------------------------
@@ -91,14 +104,24 @@ class TagRows(widgets.VBox):
 
     ``rows_errors`` has one :class:`ErrorLabel` per row, keyed ``tags[i]`` as the
     spec's field paths are, so :func:`route_errors` can place errors per row.
+    Callbacks given to :meth:`on_change` run after any edit: a key or value
+    typed, a row added or removed.
     """
 
     def __init__(self, tags: Mapping[str, str | None] | None = None, **kwargs: Any) -> None:
         self.add_button = widgets.Button(description="add tag", icon="plus")
         self.add_button.on_click(lambda _: self.add())
         self._rows: list[tuple[widgets.Text, widgets.Text, ErrorLabel, widgets.HBox]] = []
+        self._listeners: list[Callable[[], object]] = []
         super().__init__(**kwargs)
         self.set_tags(tags or {})
+
+    def on_change(self, callback: Callable[[], object]) -> None:
+        self._listeners.append(callback)
+
+    def _changed(self, _: object = None) -> None:
+        for callback in self._listeners:
+            callback()
 
     def add(self, key: str = "", value: str = "") -> tuple[widgets.Text, widgets.Text]:
         """Append a row and return its key and value fields."""
@@ -111,14 +134,18 @@ class TagRows(widgets.VBox):
         row = widgets.HBox([k, v, remove, err])
         entry = (k, v, err, row)
         remove.on_click(lambda _: self._remove(entry))
+        k.observe(self._changed, "value")
+        v.observe(self._changed, "value")
         self._rows.append(entry)
         self._render()
+        self._changed()
         return k, v
 
     def _remove(self, entry: tuple[widgets.Text, widgets.Text, ErrorLabel, widgets.HBox]) -> None:
         self._rows.remove(entry)
         self._render()
         _close_tree(entry[3])  # a removed row is gone for good: free its callbacks
+        self._changed()
 
     def remove(self, key: str) -> None:
         """Remove every row whose key is ``key``."""
@@ -206,6 +233,24 @@ def config_placeholder() -> str:
     return "\n".join(lines)
 
 
+# -- sizes ------------------------------------------------------------------------
+
+
+def families(provider: str) -> dict[str, list[SizeSpec]]:
+    """The provider's sizes, grouped by family (``r8gd``), in the size table's order."""
+    groups: dict[str, list[SizeSpec]] = {}
+    for spec in all_sizes():
+        if spec.provider == provider:
+            groups.setdefault(spec.family, []).append(spec)
+    return groups
+
+
+def family_label(family: str, sizes: Sequence[SizeSpec]) -> str:
+    per_cpu = sizes[0].memory_gib / sizes[0].vcpus
+    cpus = f"{sizes[0].vcpus}–{sizes[-1].vcpus}"
+    return f"{family} · {per_cpu:g} GiB/vCPU · {cpus} vCPU"
+
+
 # -- connection details ------------------------------------------------------------
 
 
@@ -269,13 +314,35 @@ def write_connection_details(
     values = {
         (_LIBPQ[k] if prefix is None else prefix + k): v for k, v in _details(service).items()
     }
-    kept: list[str] = []
-    if target.exists():
-        for line in target.read_text("utf-8").splitlines():
-            name = line.split("=", 1)[0].strip().removeprefix("export ").strip()
-            if name not in values:
-                kept.append(line)
-    lines = [*kept, *(f"{k}={_quote(v)}" for k, v in values.items())]
+    kept = _lines_without(target, set(values))
+    _write_private(target, [*kept, *(f"{k}={_quote(v)}" for k, v in values.items())])
+    return list(values)
+
+
+def remove_connection_details(path: str | os.PathLike[str], names: Iterable[str]) -> None:
+    """Remove the lines of ``names`` from ``path`` (kept 0600); delete it if nothing is left."""
+    target = Path(path).expanduser()
+    if not target.exists():
+        return
+    kept = _lines_without(target, set(names))
+    if any(line.strip() for line in kept):
+        _write_private(target, kept)
+    else:
+        target.unlink()
+
+
+def _lines_without(target: Path, names: set[str]) -> list[str]:
+    if not target.exists():
+        return []
+    return [
+        line
+        for line in target.read_text("utf-8").splitlines()
+        if line.split("=", 1)[0].strip().removeprefix("export ").strip() not in names
+    ]
+
+
+def _write_private(target: Path, lines: list[str]) -> None:
+    """Replace ``target`` atomically with ``lines``; never readable by others, even for a moment."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")  # created 0600
     try:
@@ -286,7 +353,6 @@ def write_connection_details(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return list(values)
 
 
 def env_prefix(name: str) -> str:

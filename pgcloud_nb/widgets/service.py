@@ -1,7 +1,11 @@
 """Widgets that work on one service: the picker, the tag editor and the delete button.
 
 Each editor takes a service id, or a :class:`ServicePicker` it then follows:
-picking another service reloads the editor.
+picking another service reloads the editor. Every request runs as a job of the
+widget's :class:`~pgcloud_nb.jobs.JobQueue` (off the kernel's loop, one after
+another), so a slow or unreachable API never holds the kernel; ``await
+widget.finished()`` waits for them in a notebook. Every action starts by
+clearing what the last one reported (:func:`~pgcloud_nb.jobs.action`).
 """
 
 from __future__ import annotations
@@ -16,17 +20,20 @@ from ..jobs import (
     Call,
     ErrorPanel,
     Job,
+    JobQueue,
+    Notice,
     StatusLine,
-    cancel,
+    action,
+    clear_messages,
     close_children,
     guarded,
-    run_job,
     wait_job,
 )
-from ..models import PostgresServiceListItem
+from ..models import PostgresService, PostgresServiceListItem
 from ..spec import validate_body
 from ..waiters import DEFAULT_TIMEOUT
 from .inputs import ErrorLabel, TagRows, body_block, route_errors
+from .wording import duplicate_tags, in_words
 
 if TYPE_CHECKING:
     import asyncio
@@ -34,6 +41,8 @@ if TYPE_CHECKING:
     from ..client import Client
 
 __all__ = ["DeleteButton", "ServicePicker", "ServiceWidget", "TagEditor", "tags_diff"]
+
+_PATCH = "PostgresServicePatchRequest"
 
 
 class ServicePicker(widgets.VBox):
@@ -53,6 +62,7 @@ class ServicePicker(widgets.VBox):
             icon="refresh", tooltip="reload the list", layout=widgets.Layout(width="3em")
         )
         self.errors = ErrorPanel()
+        self.jobs = JobQueue(self.errors)
         self.refresh_button.on_click(guarded(self.errors)(lambda _: self.refresh()))
         super().__init__([widgets.HBox([self.dropdown, self.refresh_button]), self.errors])
         guarded(self.errors)(self.refresh)()
@@ -66,9 +76,14 @@ class ServicePicker(widgets.VBox):
     def value(self, service_id: str | None) -> None:
         self.dropdown.value = service_id
 
+    @action()
     def refresh(self) -> None:
-        """Reload the list (one request); keep the selection if the service still exists."""
-        self.show(self.client.list_services())
+        """Reload the list (one request, as a job); keep the selection if it still exists."""
+        self.jobs.call(self.client.list_services, self.show)
+
+    async def finished(self) -> None:
+        """Wait until the last refresh has answered."""
+        await self.jobs.finished()
 
     def show(self, items: list[PostgresServiceListItem]) -> None:
         """Fill the dropdown from a list the caller fetched."""
@@ -80,6 +95,7 @@ class ServicePicker(widgets.VBox):
         )
 
     def close(self) -> None:
+        self.jobs.cancel()
         close_children(self)
         super().close()
 
@@ -102,9 +118,18 @@ class ServiceWidget(widgets.VBox):
         self._fixed = service if isinstance(service, str) else None
         self.errors = ErrorPanel()
         self.status = StatusLine()
-        self.task: asyncio.Task[None] | None = None
+        self.jobs = JobQueue(self.errors)
         self.guard = guarded(self.errors)
         super().__init__(**kwargs)
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The widget's last job (None when it ran inline, without a loop)."""
+        return self.jobs.task
+
+    async def finished(self) -> None:
+        """Wait for every job started so far: ``await editor.finished()`` in a notebook."""
+        await self.jobs.finished()
 
     def _bind(self) -> None:
         if self.picker is not None:
@@ -114,6 +139,7 @@ class ServiceWidget(widgets.VBox):
             self.guard(self.load)()
 
     def _picked(self, change: dict[str, Any]) -> None:
+        clear_messages(self)  # what was said was about the service picked before
         if change["new"]:
             self.load()
 
@@ -125,15 +151,14 @@ class ServiceWidget(widgets.VBox):
         return sid
 
     def load(self) -> None:
-        """Read the service's current state into the widget."""
+        """Read the service's current state into the widget (as a job)."""
 
     def _start(self, job: Job[Any]) -> None:
-        cancel(self.task)
-        self.task = run_job(job, self.errors)
+        self.jobs.start(job)
 
     def close(self) -> None:
-        """Stop any running wait, and close the widgets."""
-        cancel(self.task)
+        """Stop any running job, and close the widgets."""
+        self.jobs.cancel()
         close_children(self)
         super().close()
 
@@ -152,18 +177,21 @@ class TagEditor(ServiceWidget):
     Tags are a list in the API: a PATCH replaces the whole list (RFC 7396 merge
     patch; docs/api-behaviour.md §4.6), so the body is every tag you keep. ``preview``
     shows the body and the diff; ``apply`` shows them again, validates the body
-    against ``PostgresServicePatchRequest`` and sends it.
+    against ``PostgresServicePatchRequest`` and sends it. After a refused apply,
+    every edit checks the rows again, so a fixed problem loses its message at once.
     """
 
     def __init__(self, client: Client, service: str | ServicePicker) -> None:
         super().__init__(client, service)
         self.current: dict[str, str | None] = {}
+        self._checking = False
         self.rows = TagRows()
+        self.rows.on_change(self.guard(self._edited))
         self.preview_button = widgets.Button(description="Preview diff", icon="eye")
         self.apply_button = widgets.Button(
             description="Apply tags", button_style="primary", icon="check"
         )
-        self.diff = widgets.HTML()
+        self.diff = Notice()
         self.form_error = ErrorLabel()
         self.preview_button.on_click(self.guard(lambda _: self.preview()))
         self.apply_button.on_click(self.guard(lambda _: self.apply()))
@@ -178,8 +206,11 @@ class TagEditor(ServiceWidget):
         self._bind()
 
     def load(self) -> None:
-        svc = self.client.get_service(self.service_id)
+        self.jobs.call(functools.partial(self.client.get_service, self.service_id), self._show)
+
+    def _show(self, svc: PostgresService) -> None:
         self.current = svc.tags_dict
+        self._checking = False
         self.rows.set_tags(self.current)
         self.diff.value = ""
 
@@ -187,6 +218,7 @@ class TagEditor(ServiceWidget):
         """The merge-patch body for the tags as edited."""
         return {"tags": self.rows.payload()}
 
+    @action()
     def preview(self) -> list[str]:
         """Show (and return) the diff; ``[]`` when nothing changed."""
         body = self.patch()
@@ -195,28 +227,40 @@ class TagEditor(ServiceWidget):
         self.diff.value = f"<pre class='pgcloud-diff'>{html.escape(shown)}</pre>" + body_block(body)
         return lines
 
-    def apply(self) -> None:
-        """Validate and send the tags (one PATCH), then reload them."""
-        self.errors.clear()
-        lines = self.preview()
+    def check(self) -> list[Any]:
+        """Show every problem with the rows beside it (the spec's, and keys given twice)."""
         body = self.patch()
-        errors = validate_body("PostgresServicePatchRequest", body)
-        keys = [t["key"] for t in body["tags"]]
-        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        errors = in_words(validate_body(_PATCH, body), body, _PATCH) + duplicate_tags(body["tags"])
         route_errors(errors, {"tags": self.form_error, **self.rows.error_labels()}, self.form_error)
         if errors:
             self.status.set(f"not sent: {len(errors)} problem(s)", icon="⚠")
+        else:
+            self.status.clear()
+        return errors
+
+    def _edited(self) -> None:
+        if self._checking:
+            self.check()
+
+    @action()
+    def apply(self) -> None:
+        """Validate and send the tags (one PATCH, as a job)."""
+        lines = self.preview()
+        if self.check():
+            self._checking = True
             return
-        if dupes:
-            self.form_error.set([f"duplicate key(s): {', '.join(dupes)}"])
-            self.status.set("not sent", icon="⚠")
-            return
+        self._checking = False
         if not lines:
             self.status.set("no changes to send", icon="·")
             return
-        svc = self.client.update_service(self.service_id, tags=body["tags"])
+        self._start(self._apply_job(self.service_id, self.patch()["tags"], len(lines)))
+
+    def _apply_job(self, service_id: str, tags: list[dict[str, str]], changes: int) -> Job[None]:
+        self.status.set("sending…", icon="…")
+        call = functools.partial(self.client.update_service, service_id, tags=tags)
+        svc: PostgresService = yield Call(call)
         self.current = svc.tags_dict
-        self.status.set(f"tags updated ({len(lines)} change(s))", icon="✓")
+        self.status.set(f"tags updated ({changes} change(s))", icon="✓")
 
 
 class DeleteButton(ServiceWidget):
@@ -246,33 +290,48 @@ class DeleteButton(ServiceWidget):
 
     def load(self) -> None:
         cached = self.picker.services.get(self.service_id) if self.picker else None
-        self.name = cached.name if cached else self.client.get_service(self.service_id).name
+        if cached is not None:
+            self._named(self.service_id, cached.name)
+        else:
+            sid = self.service_id
+            call = functools.partial(self.client.get_service, sid)
+            self.jobs.call(call, lambda svc: self._named(sid, svc.name))
+
+    def _named(self, service_id: str, name: str | None) -> None:
+        self.name = name
         self.prompt.value = (
-            f"Delete <b>{html.escape(self.name or '')}</b> "
-            f"(<code>{self.service_id}</code>)? Type its name to confirm."
+            f"Delete <b>{html.escape(name or '')}</b> "
+            f"(<code>{service_id}</code>)? Type its name to confirm."
         )
         self.confirm.value = ""
 
+    @action()
     def delete(self) -> None:
         """Delete if the confirmation matches the name; otherwise do nothing but say so."""
-        self.errors.clear()
         if self.name is None:
-            self.load()
-        if self.confirm.value.strip() != self.name:
-            self.errors.note(f"the name does not match {self.name!r}: nothing was deleted")
-            self.status.set("not deleted", icon="⚠")
-            return
+            self.load()  # a job: the delete below waits for it
         self.button.disabled = True
-        self._start(self._delete_job(self.service_id))
+        self._start(self._delete_job(self.service_id, self.confirm.value.strip()))
 
-    def _delete_job(self, service_id: str) -> Job[None]:
+    def _delete_job(self, service_id: str, typed: str) -> Job[None]:
         try:
+            if typed != self.name:
+                self.errors.note(f"the name does not match {self.name!r}: nothing was deleted")
+                self.status.set("not deleted", icon="⚠")
+                return
             self.status.set("deleting…", icon="…")
             yield Call(functools.partial(self.client.delete_service, service_id))
             yield from wait_job(
-                self.client, service_id, None, status=self.status, timeout=self.timeout
+                self.client,
+                service_id,
+                None,
+                status=self.status,
+                timeout=self.timeout,
+                name=self.name,
             )
             if self.picker is not None:
+                said = self.status.value  # the picker moves on: keep saying what was done
                 self.picker.show((yield Call(self.client.list_services)))
+                self.status.value = said
         finally:
             self.button.disabled = False
