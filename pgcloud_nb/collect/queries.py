@@ -1,0 +1,184 @@
+"""Fleet questions over the stored history, each one SQL statement answered as a DataFrame.
+
+- :func:`cpu_p95_per_hour`: p95 of CPU % (per scrape, from counter rates) per service
+  and hour, from raw samples.
+- :func:`connections_per_hour` and :func:`connection_trends`: connections (all
+  states) per hour from the hourly rollup, and the services whose count trends up
+  (a least-squares slope per day and its fit).
+- :func:`database_size_per_hour` and :func:`storage_growth`: database size per hour
+  (rollup), growth per day, and days until the storage limit at that pace.
+- :func:`top_commits`: services ranked by transactions committed over the range
+  (counter increases with resets handled, from raw samples).
+
+Each takes ``start``/``end`` (``start <= time < end``, either open). Hours are UTC.
+Service names are the newest each service had in the range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+import pandas as pd
+
+from ..metrics import COMMITS, CORES, CPU
+from .sqlrates import where
+
+__all__ = [
+    "connection_trends",
+    "connections_per_hour",
+    "cpu_p95_per_hour",
+    "database_size_per_hour",
+    "storage_growth",
+    "top_commits",
+]
+
+CONNECTIONS = "PostgresServer_ActiveConnections"
+DB_SIZE = "PostgresServer_DatabaseSizeBytes"
+STORAGE_LIMIT = "PostgresServer_StorageLimitBytes"
+Time = datetime | pd.Timestamp | None
+
+
+class _Queryable(Protocol):
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pd.DataFrame: ...
+
+
+def _hour_where(start: Time, end: Time, metric: str) -> tuple[str, dict[str, Any]]:
+    """A WHERE over ``samples_1h``: whole hours that start in [start, end)."""
+    sql, params = where(start, end, None, [metric])
+    return sql.replace("ts >=", "hour >=").replace("ts <", "hour <"), params
+
+
+def _increases(metric_filter: str, where_sql: str) -> str:
+    """Per sample: the counter's increase since the previous one (reset: the value)."""
+    return f"""SELECT ts, service_id, service_name, metric, mode,
+    if(v < prev, v, v - prev) AS inc, v < prev AS reset,
+    (toUnixTimestamp64Micro(ts) - toUnixTimestamp64Micro(prev_ts)) / 1e6 AS dt
+  FROM (
+    SELECT ts, service_id, service_name, metric, mode, value AS v,
+      lagInFrame(v) OVER w AS prev, lagInFrame(ts) OVER w AS prev_ts,
+      row_number() OVER w AS n
+    FROM samples {where_sql} AND {metric_filter}
+    WINDOW w AS (PARTITION BY metric, service_id, mode, state, database, extra ORDER BY ts
+                 ROWS BETWEEN 1 PRECEDING AND CURRENT ROW))
+  WHERE n > 1 AND dt > 0"""
+
+
+def cpu_p95_per_hour(store: _Queryable, start: Time = None, end: Time = None) -> pd.DataFrame:
+    """``hour, service_id, service_name, p95_cpu_percent, mean_cpu_percent, scrapes``.
+
+    CPU % at each scrape is :func:`pgcloud_nb.metrics.derived`'s (non-idle CPU
+    seconds per second over CPUCores × 100); the p95 is exact (``quantileExactInclusive``,
+    numpy's default interpolation), over the scrapes of that hour.
+    """
+    where_sql, params = where(start, end, None, [CPU, CORES])
+    sql = f"""WITH
+  busy AS (
+    SELECT ts, service_id, any(service_name) AS service_name, sum(inc / dt) AS busy
+    FROM ({_increases(f"metric = '{CPU}' AND mode != 'idle'", where_sql)})
+    GROUP BY ts, service_id),
+  cores AS (
+    SELECT ts, service_id, anyLast(value) AS cores FROM samples
+    {where_sql} AND metric = '{CORES}' GROUP BY ts, service_id)
+SELECT toStartOfHour(ts) AS hour, service_id, argMax(service_name, ts) AS service_name,
+  quantileExactInclusive(0.95)(busy / cores * 100) AS p95_cpu_percent,
+  avg(busy / cores * 100) AS mean_cpu_percent, count() AS scrapes
+FROM busy INNER JOIN cores USING (ts, service_id)
+GROUP BY hour, service_id ORDER BY hour, service_id"""
+    return store.query(sql, params)
+
+
+def connections_per_hour(store: _Queryable, start: Time = None, end: Time = None) -> pd.DataFrame:
+    """``hour, service_id, service_name, connections, active``: hourly means (rollup),
+    summed over the connection states."""
+    hourly, params = _connections_sql(start, end)
+    return store.query(f"{hourly} ORDER BY hour, service_id", params)
+
+
+def connection_trends(
+    store: _Queryable, start: Time = None, end: Time = None, *, min_r2: float = 0.5
+) -> pd.DataFrame:
+    """Per service: ``slope_per_day`` (connections per day, least squares over the
+    hourly means), ``r2`` of that fit, ``first``/``last`` hourly means, ``hours``, and
+    ``trending_up`` (slope > 0 with r² ≥ ``min_r2``). Steepest climb first."""
+    hourly, params = _connections_sql(start, end)
+    sql = f"""SELECT service_id, argMax(service_name, hour) AS service_name,
+  simpleLinearRegression(toUnixTimestamp(hour) / 86400, connections).1 AS slope_per_day,
+  if(isNaN(corr(toFloat64(toUnixTimestamp(hour)), connections)), 0,
+     pow(corr(toFloat64(toUnixTimestamp(hour)), connections), 2)) AS r2,
+  argMin(connections, hour) AS first, argMax(connections, hour) AS last, count() AS hours,
+  slope_per_day > 0 AND r2 >= {float(min_r2)!r} AS trending_up
+FROM ({hourly}) GROUP BY service_id ORDER BY slope_per_day DESC, service_id"""
+    return store.query(sql, params)
+
+
+def _connections_sql(start: Time, end: Time) -> tuple[str, dict[str, Any]]:
+    where_sql, params = _hour_where(start, end, CONNECTIONS)
+    return (
+        f"""SELECT hour, service_id, any(name) AS service_name, sum(mean) AS connections,
+  sumIf(mean, state = 'active') AS active
+FROM (SELECT hour, service_id, state, anyLast(service_name) AS name, avgMerge(avg) AS mean
+      FROM samples_1h {where_sql} GROUP BY hour, service_id, state)
+GROUP BY hour, service_id""",
+        params,
+    )
+
+
+def _sizes_sql(start: Time, end: Time) -> tuple[str, dict[str, Any]]:
+    where_sql, params = _hour_where(start, end, DB_SIZE)
+    return (
+        f"""SELECT hour, service_id, any(name) AS service_name, sum(last) AS bytes
+FROM (SELECT hour, service_id, database, anyLast(service_name) AS name,
+        argMaxMerge(last) AS last FROM samples_1h {where_sql}
+      GROUP BY hour, service_id, database)
+GROUP BY hour, service_id""",
+        params,
+    )
+
+
+def database_size_per_hour(store: _Queryable, start: Time = None, end: Time = None) -> pd.DataFrame:
+    """``hour, service_id, service_name, bytes``: the last size of each database in the
+    hour (rollup), summed over the service's databases."""
+    sizes, params = _sizes_sql(start, end)
+    return store.query(f"{sizes} ORDER BY hour, service_id", params)
+
+
+def storage_growth(store: _Queryable, start: Time = None, end: Time = None) -> pd.DataFrame:
+    """Per service: ``bytes`` (newest total database size), ``growth_per_day`` (least
+    squares over the hourly sizes), ``limit_bytes`` (StorageLimitBytes), ``used_percent``
+    and ``days_until_full`` at that pace (NaN when not growing). Soonest full first."""
+    sizes, params = _sizes_sql(start, end)
+    limit_where, more = where(start, end, None, [STORAGE_LIMIT], tag="_limit")
+    params.update(more)
+    sql = f"""WITH
+  sizes AS ({sizes}),
+  growth AS (
+    SELECT service_id, argMax(service_name, hour) AS service_name,
+      argMax(bytes, hour) AS newest,
+      simpleLinearRegression(toUnixTimestamp(hour) / 86400, bytes).1 AS growth_per_day
+    FROM sizes GROUP BY service_id),
+  limits AS (
+    SELECT service_id, argMax(value, ts) AS limit_bytes FROM samples {limit_where}
+    GROUP BY service_id)
+SELECT g.service_id AS service_id, service_name, newest AS bytes, growth_per_day, limit_bytes,
+  newest / limit_bytes * 100 AS used_percent,
+  if(growth_per_day > 0, (limit_bytes - newest) / growth_per_day, nan) AS days_until_full
+FROM growth AS g LEFT JOIN limits AS l ON g.service_id = l.service_id
+ORDER BY isNaN(days_until_full), days_until_full, service_id"""
+    return store.query(sql, params)
+
+
+def top_commits(
+    store: _Queryable, start: Time = None, end: Time = None, *, n: int = 10
+) -> pd.DataFrame:
+    """The ``n`` services with the most commits in the range: ``commits`` (the
+    counter's increases, resets counted from zero), ``commits_per_s`` (over the time
+    covered), ``resets``."""
+    where_sql, params = where(start, end, None, [COMMITS])
+    sql = f"""SELECT service_id, argMax(service_name, ts) AS service_name,
+  sum(inc) AS commits, sum(inc) / sum(dt) AS commits_per_s,
+  countIf(reset) AS resets
+FROM ({_increases("1", where_sql)})
+GROUP BY service_id ORDER BY commits DESC, service_id LIMIT {int(n)}"""
+    return store.query(sql, params)
