@@ -22,7 +22,7 @@ import pytest
 
 from pgcloud_nb import collect
 from pgcloud_nb.client import Client
-from pgcloud_nb.collect.collector import Collector, collector_budget, collector_retry
+from pgcloud_nb.collect.collector import Collector, collector_retry
 from pgcloud_nb.collect.store import Store
 from pgcloud_nb.models import PostgresServiceListItem
 from pgcloud_nb.ratelimit import Budget
