@@ -236,6 +236,11 @@ def test_jupyter_runs_as_root_only_with_allow_root(
     assert bool(said) == added and (not said or "root" in said[0])
 
 
+def test_labs_port_and_ip_are_jupyters_not_the_sandboxs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGCLOUD_SANDBOX_PORT", raising=False)
+    assert parse("lab", "--port", "9999", "--ip", "0.0.0.0").port == 0  # the sandbox picks its own
+
+
 def test_lab_help_names_jupyters_flags(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["lab", "--help"])
