@@ -6,8 +6,12 @@
 3. the same keys in ``.env`` in the working directory (``".env"``), read with
    ``dotenv_values``: only ``CLICKHOUSE_*`` keys are looked at and ``os.environ``
    is left alone;
-4. none of these: the local sandbox (``"sandbox"``), attached or started
-   (:class:`~pgcloud_nb.errors.SandboxUnavailableError` if it cannot be).
+4. none of these: the local sandbox (``"sandbox"``) of ``$PGCLOUD_SANDBOX_HOME`` (else
+   the user's default home), attached or started
+   (:class:`~pgcloud_nb.errors.SandboxUnavailableError` if it cannot be). Its key is
+   read from the home's ``credentials.json`` (0600). ``pgcloud-nb lab`` and
+   ``binder/start`` pass JupyterLab only that home, never the key, so a notebook's
+   ``connect()`` lands here and says ``sandbox``.
 
 ``CLICKHOUSE_ORG_ID`` and ``CLICKHOUSE_API_URL`` are read from the same place
 as the key (arguments win). The secret is kept in a :class:`pydantic.SecretStr`.
