@@ -89,10 +89,10 @@ def route_errors(
         shown = err.message if named else f"{err.field}: {err.message}"
         found.setdefault(where, []).append(shown)
     # A label may serve several keys (and be the fallback too): set each one once.
-    shown: dict[int, tuple[ErrorLabel, list[str]]] = {}
+    per_label: dict[int, tuple[ErrorLabel, list[str]]] = {}
     for key, label in [*labels.items(), ("\0fallback", fallback)]:
-        shown.setdefault(id(label), (label, []))[1].extend(found.get(key, []))
-    for label, messages in shown.values():
+        per_label.setdefault(id(label), (label, []))[1].extend(found.get(key, []))
+    for label, messages in per_label.values():
         label.set(messages)
 
 
