@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "TEXT_DTYPE",
     "TS_DTYPE",
     "bools",
     "categorical",
@@ -46,6 +47,22 @@ __all__ = [
 ]
 
 TS_DTYPE = pd.DatetimeTZDtype("us", "UTC")  # pandas 3's own default resolution
+
+
+def _text_dtype() -> Any:
+    """pandas 3's text dtype ("str": missing is NaN) on pandas 2.2 and 3 alike.
+
+    On pandas 2, ``dtype="str"`` is numpy's fixed-width text, which writes None
+    as ``"None"`` and leaves a column of type object; the same dtype as pandas 3's
+    stands there behind the ``future.infer_string`` option.
+    """
+    if int(pd.__version__.split(".", 1)[0]) >= 3:
+        return "str"
+    with pd.option_context("future.infer_string", True):
+        return pd.Series(["text"]).dtype
+
+
+TEXT_DTYPE = _text_dtype()
 _INT64_MAX = 2**63 - 1
 _NAT = int(np.iinfo(np.int64).min)  # NaT's bit pattern in a datetime64 column
 _RFC3339 = re.compile(
@@ -68,7 +85,7 @@ def text(value: Any) -> str | None:
 
 
 def texts(values: list[Any]) -> Any:
-    return pd.array([text(v) for v in values], dtype="str")
+    return pd.array([text(v) for v in values], dtype=TEXT_DTYPE)
 
 
 def categorical(values: list[Any], known: list[str], *, ordered: bool = False) -> pd.Categorical:

@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from pgcloud_nb.columns import TEXT_DTYPE
 from pgcloud_nb.contract import property_kinds
 from pgcloud_nb.frames import (
     config_frame,
@@ -27,6 +28,7 @@ from pgcloud_nb.models import (
 from pgcloud_nb.pgparams import PG_DEFAULTS
 
 UTC = pd.DatetimeTZDtype("us", "UTC")
+TEXT = pd.Series(pd.array([], dtype=TEXT_DTYPE)).dtype  # "str" on pandas 3
 ITEM: dict[str, Any] = {
     "id": "67b4f3c1-0000-4000-8000-000000000001", "name": "my postgres", "provider": "aws",
     "region": "us-west-2", "postgresVersion": "18", "size": "r8gd.large", "storageSize": "118",
@@ -188,7 +190,7 @@ def test_executions_frame() -> None:
                  "serverRole": "primary"}  # fmt: skip
     worker = {**execution, "pid": "worker-12"}  # the spec types pid as a string
     frame = executions_frame({"aggregate": PATTERN, "recentExecutions": [execution, worker]})
-    assert frame["pid"].tolist() == ["4242", "worker-12"] and frame["pid"].dtype == "str"
+    assert frame["pid"].tolist() == ["4242", "worker-12"] and frame["pid"].dtype == TEXT
     assert frame["timestamp"].dtype == UTC
     assert list(frame.columns)[:3] == ["timestamp", "queryId", "dbName"]
 
@@ -216,7 +218,8 @@ def test_frames_reject_what_is_not_an_api_object(bad: object) -> None:
 def test_columns_are_typed_from_the_spec() -> None:
     # Every column of the frames has the dtype its field's type in the spec calls for.
     expected = {"integer": {"Int64"}, "number": {"Float64"}, "boolean": {"boolean"},
-                "date-time": {"datetime64[us, UTC]"}, "string": {"str", "category"}}  # fmt: skip
+                "date-time": {"datetime64[us, UTC]"},
+                "string": {str(TEXT), "category"}}  # fmt: skip
     frames = {
         "PostgresService": services_frame([ITEM]),
         "PostgresSlowQueryPattern": slow_queries_frame([PATTERN]),
@@ -271,7 +274,7 @@ def test_values_that_are_not_their_type_become_na() -> None:
     stamps = logs["timestamp"].tolist()
     assert stamps[0] == pd.Timestamp("0001-01-01", tz="UTC")
     # in UTC past year 9999, which datetime cannot hold: pandas' µs timestamps can
-    assert stamps[1] == pd.Timestamp("9999-12-31T23:59:59Z") + pd.Timedelta(hours=12)
+    assert stamps[1] == pd.Timestamp("9999-12-31T23:59:59Z") + pd.Timedelta(hours=12).as_unit("us")
     assert stamps[2] == pd.Timestamp("2016-12-31T23:59:59.999999Z")  # the leap second
     assert stamps[3] == pd.Timestamp("2026-05-25T16:42:16.123456Z")
     assert all(pd.isna(s) for s in stamps[4:])
