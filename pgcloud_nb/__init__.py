@@ -75,8 +75,11 @@ def connect(
 ) -> Client:
     """A :class:`Client` for the key found first among: arguments, environment, ``.env``.
 
-    With no key anywhere it attaches to the local sandbox, starting it if needed
-    (``sandbox=True`` forces that, ``sandbox=False`` forbids it). The org is
+    With no key anywhere it attaches to the local sandbox of ``$PGCLOUD_SANDBOX_HOME``
+    (what ``pgcloud-nb lab`` sets), reading its key from that home, and starts it if
+    needed (``sandbox=True`` forces that, ``sandbox=False`` forbids it); ``source`` is
+    then ``"sandbox"``. An API that cannot be reached fails a call within seconds
+    with a one-line :class:`TransportError`. The org is
     ``org_id``, else ``CLICKHOUSE_ORG_ID``, else the only org the key sees.
     ``budget`` defaults to the key's process-wide 10 requests / 10 s budget.
     """
