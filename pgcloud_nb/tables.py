@@ -34,7 +34,19 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["Cell", "Readable", "cell", "escape", "html_table", "readable", "table_html"]
+__all__ = [
+    "Cell",
+    "Readable",
+    "byte_text",
+    "cell",
+    "duration_text",
+    "escape",
+    "html_table",
+    "number_text",
+    "readable",
+    "table_html",
+    "td",
+]
 
 ID_CHARS = 8  # a UUID's first group: unique enough to tell a fleet's services apart
 TEXT_CHARS = 40
@@ -182,12 +194,27 @@ def html_table(frame: pd.DataFrame, *, max_rows: int = 200, index: bool | None =
         shown = shown.reset_index()
     columns = [str(c) for c in shown.columns]
     ids = [bool(_ID_COLUMN.search(c)) for c in columns]
+    # a long frame (metrics_frame) names each value's unit in a column of its own
+    unit = columns.index("unit") if "unit" in columns and "value" in columns else None
     rows = []
     for values in shown.itertuples(index=False, name=None):
         cells = [cell(c, v) for c, v in zip(columns, values, strict=True)]
+        if unit is not None:
+            at = columns.index("value")
+            cells[at] = _with_unit(values[at], values[unit], cells[at])
         tds = (td(x, code=is_id and bool(x.title)) for x, is_id in zip(cells, ids, strict=True))
         rows.append(f"<tr>{''.join(tds)}</tr>")
     return table_html([Cell(c) for c in columns], rows, more=len(frame) - len(shown))
+
+
+def _with_unit(value: Any, unit: Any, shown: Cell) -> Cell:
+    """A byte count or byte rate in binary units, by the unit its row names."""
+    if not isinstance(unit, str) or not unit.startswith("bytes") or _is_na(value):
+        return shown
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return shown
+    rate = unit.removeprefix("bytes")  # "" or "/s"
+    return Cell(byte_text(float(value)) + rate, f"{number_text(value)} {unit}")
 
 
 class Readable:

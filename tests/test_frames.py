@@ -293,3 +293,44 @@ def test_extra_fields_never_clash_with_derived_columns() -> None:
     assert frame.loc[0, "vcpus"] == 96  # the API's own field wins over the size table
     assert frame.loc[0, "nested"] == [[1, 2], [3, 4]]
     assert services_frame([{**ITEM, "tags": None}])["id"].tolist() == [ITEM["id"]]
+
+
+# --- readable display ---------------------------------------------------------------------
+
+
+def test_readable_shows_ids_bytes_and_numbers_compactly_and_leaves_the_frame() -> None:
+    from pgcloud_nb.tables import readable
+
+    frame = services_frame([ITEM, {**CREATED, "name": "<b>bold</b> & co"}]).assign(
+        memory_limit_bytes=pd.array([17179869184, None], dtype="Int64"),
+        cpu_percent=[12.3456, float("nan")],
+        commits=[3458400.0, 0.004975],
+        uptime=[pd.Timedelta(seconds=3725), pd.NaT],
+    )
+    before = frame.copy()
+    html = readable(frame)._repr_html_()
+    pd.testing.assert_frame_equal(frame, before)  # the display changes, the frame does not
+    assert 'title="67b4f3c1-0000-4000-8000-000000000001"><code>67b4f3c1…</code>' in html
+    assert "<td>67b4f3c1-0000" not in html  # no whole UUID to wrap over lines
+    assert 'title="17,179,869,184 bytes">16.0 GiB</td>' in html
+    assert "<td>12.35</td>" in html and "<td>3,458,400</td>" in html and "<td>0.004975</td>" in html
+    assert ">1h 2m 5s</td>" in html and ">2026-05-25 16:42:16</td>" in html
+    assert "e+" not in html and "nan" not in html.lower() and "NaT" not in html
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in html and "<b>bold" not in html
+    assert 'style="overflow-x:auto;max-width:100%"' in html and "white-space:nowrap" in html
+    assert repr(readable(frame)) == repr(frame)
+
+
+def test_readable_names_the_unit_of_a_long_metrics_frame() -> None:
+    from pgcloud_nb.tables import readable
+
+    metrics = PostgresMetrics.model_validate({"metrics": [
+        {"key": "mem", "name": "Memory", "unit": "bytes", "description": "d",
+         "series": [{"label": "used", "dataPoints": [{"timestamp": 1780000000, "value": 2**31}]}]},
+        {"key": "io", "name": "Writes", "unit": "bytes/s", "description": "d",
+         "series": [{"label": "w", "dataPoints": [{"timestamp": 1780000000, "value": 1536}]}]},
+        {"key": "cpu", "name": "CPU", "unit": "%", "description": "d",
+         "series": [{"label": "cpu", "dataPoints": [{"timestamp": 1780000000, "value": 42.5}]}]},
+    ]})  # fmt: skip
+    html = readable(metrics_frame(metrics))._repr_html_()
+    assert ">2.0 GiB</td>" in html and ">1.5 KiB/s</td>" in html and "<td>42.50</td>" in html
