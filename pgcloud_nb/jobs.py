@@ -281,9 +281,11 @@ def poll_job(
     While ``room()`` says the shared budget is short (see
     :meth:`~pgcloud_nb.ratelimit.Budget.has_room`), the beat waits, asking again
     every second (asking costs no request). An API failure is shown in ``panel``
-    without ending the loop: the next beat may well succeed. Cancel the task to
+    without ending the loop: the next beat may well succeed, and then clears it
+    (an error a beat showed is stale once a beat succeeds). Cancel the task to
     stop it.
     """
+    failed: BaseException | None = None  # the error this loop shows, if it still does
     while True:
         if not room():
             yield min(SKIP_RETRY, interval())
@@ -292,7 +294,11 @@ def poll_job(
             data = yield Call(fetch)
         except PgCloudError as exc:
             panel.show(exc)
+            failed = exc
         else:
+            if failed is not None and panel.last is failed:
+                panel.clear()
+            failed = None
             apply(data)
         yield interval()
 

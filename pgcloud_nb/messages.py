@@ -115,11 +115,12 @@ class ErrorPanel(Message, widgets.Output):
     def _replace(self, markup: str) -> None:
         from IPython.display import HTML
 
-        self.clear()
+        self.outputs = ()
         self.append_display_data(HTML(markup))
 
     def clear(self) -> None:
         self.outputs = ()  # not clear_output(): without a kernel that prints escape codes
+        self.last = None  # the error belonged to the action before
 
     @property
     def text(self) -> str:

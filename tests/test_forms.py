@@ -254,3 +254,33 @@ def test_api_down_keeps_the_loop_free(figures: dict[str, str]) -> None:
     ticks, shown = asyncio.run(scenario())
     assert ticks > 1 and "TransportError" in shown
     figures["widgets, API down: loop turns while the requests failed"] = str(ticks)
+
+
+def test_an_auto_refresh_clears_its_error_when_a_beat_succeeds() -> None:
+    from pgcloud_nb.errors import TransportError
+    from pgcloud_nb.jobs import Call, poll_job
+
+    answers: list[object] = [TransportError("unreachable"), [1], [2]]
+    applied: list[object] = []
+
+    def fetch() -> object:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    panel = ErrorPanel()
+    job = poll_job(fetch, applied.append, interval=lambda: 1.0, room=lambda: True, panel=panel)
+    step = next(job)
+    for _ in range(5):  # drive three beats by hand: Call, pause, Call, pause, Call
+        if isinstance(step, Call):
+            try:
+                value = step.fn()
+            except TransportError as exc:
+                step = job.throw(exc)
+                assert "TransportError" in panel.text  # shown while it holds
+                continue
+            step = job.send(value)
+        else:
+            step = job.send(None)
+    assert applied == [[1], [2]] and panel.outputs == () and panel.last is None
