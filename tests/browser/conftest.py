@@ -74,13 +74,17 @@ def lab(sandbox: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Itera
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False})
     )
+    # Every cell in the page, not only those near the view (JupyterLab 4 windows long
+    # notebooks): the checks after Run All read every output.
+    tracker = root / ".settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     token, port = secrets.token_hex(16), _free_port()
+    # As `pgcloud-nb lab` does: the kernels get the sandbox's folder, never its key (nor
+    # any cloud key of this machine), and connect() reads the key from that folder.
     env = {
-        **os.environ,
-        "CLICKHOUSE_API_URL": sandbox.url,
-        "CLICKHOUSE_CLOUD_API_KEY": sandbox.key_id,
-        "CLICKHOUSE_CLOUD_API_SECRET": sandbox.key_secret,
-        "CLICKHOUSE_ORG_ID": sandbox.org_id,
+        **{k: v for k, v in os.environ.items() if not k.startswith("CLICKHOUSE_")},
+        "PGCLOUD_SANDBOX_HOME": str(sandbox.home),
         "JUPYTER_CONFIG_DIR": str(root / ".jupyter"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }

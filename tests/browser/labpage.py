@@ -7,6 +7,7 @@ fails saying what it waited for and what the widgets' error panels show.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -16,10 +17,13 @@ import httpx
 import pytest
 
 __all__ = [
+    "after_run_all",
     "kernel_idle",
+    "low_contrast",
     "open_notebook",
     "run_all",
     "saved_notebook",
+    "set_theme",
     "until",
     "wait_until_done",
     "widget_failures",
@@ -105,6 +109,9 @@ def saved_notebook(page: Any, lab: Any, name: str, timeout: float = 30) -> dict[
         answer = httpx.get(
             f"{lab.url}/api/contents/{name}", params={"token": lab.token, "content": 1}, timeout=10
         )
+        if answer.status_code >= 500:
+            # A read that meets the save half-way (the server swaps in its temp file): again.
+            return None
         answer.raise_for_status()
         model = answer.json()
         cells = [c for c in model["content"]["cells"] if c["cell_type"] == "code"]
@@ -113,3 +120,76 @@ def saved_notebook(page: Any, lab: Any, name: str, timeout: float = 30) -> dict[
 
     result: dict[str, Any] = until(page, f"{name} to be saved with its outputs", stored, timeout)
     return result
+
+
+def set_theme(lab: Any, theme: str) -> None:
+    """The theme (``"JupyterLab Light"`` or ``"JupyterLab Dark"``) of the pages opened next."""
+    answer = httpx.put(
+        f"{lab.url}/lab/api/settings/@jupyterlab/apputils-extension:themes",
+        params={"token": lab.token},
+        json={"raw": json.dumps({"theme": theme})},
+        timeout=10,
+    )
+    answer.raise_for_status()
+
+
+# Every widget output of the page: is it on screen with something in it (text, a picture,
+# a canvas, a field)? The live chart: does its picture have drawn size (an <img> of a
+# real PNG, or ipympl's canvas)? The fleet table: how many rows? Error panels that show.
+_AFTER_RUN_ALL = """() => {
+  const shown = el => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 8; };
+  const views = [...document.querySelectorAll(
+    ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.widget-view+json']")];
+  const filled = views.filter(v => shown(v) && (v.innerText.trim() !== "" ||
+    v.querySelector("img, canvas, input, select, textarea, svg") !== null));
+  const charts = [...document.querySelectorAll(".pgcloud-live-chart")].map(c => {
+    const img = c.querySelector("img");
+    const canvas = c.querySelector("canvas");
+    return {
+      img: img ? [img.naturalWidth, img.naturalHeight] : null,
+      canvas: canvas ? [canvas.width, canvas.height] : null,
+    };
+  });
+  const tables = [...document.querySelectorAll(".pgcloud-fleet-table")].map(
+    t => t.querySelectorAll("table tbody tr").length);
+  const panels = [...document.querySelectorAll(".pgcloud-errors .pgcloud-error")]
+    .filter(shown).map(e => e.innerText.trim().slice(0, 300));
+  return {widgets: views.length, filled: filled.length, charts, tables, panels};
+}"""
+
+
+def after_run_all(page: Any) -> dict[str, Any]:
+    """What a reader sees once Run All is done: widgets, the chart, the table, error panels."""
+    report: dict[str, Any] = page.evaluate(_AFTER_RUN_ALL)
+    return report
+
+
+# WCAG's contrast ratio between an element's text colour and the first opaque background
+# behind it (its own or an ancestor's), for the widget texts a reader must read.
+_CONTRAST = """(selector) => {
+  const rgb = c => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const out = [];
+  for (const el of document.querySelectorAll(selector)) {
+    if (!el.innerText.trim() || el.getBoundingClientRect().height === 0) continue;
+    let bg = null;
+    for (let n = el; n && !bg; n = n.parentElement) {
+      const c = rgb(getComputedStyle(n).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0.5)) bg = c.slice(0, 3);
+    }
+    const fg = rgb(getComputedStyle(el).color).slice(0, 3);
+    const [a, b] = [lum(fg), lum(bg || [255, 255, 255])].sort((x, y) => y - x);
+    out.push({text: el.innerText.trim().slice(0, 80), ratio: (a + 0.05) / (b + 0.05)});
+  }
+  return out;
+}"""
+
+
+def low_contrast(page: Any, selector: str, minimum: float = 4.5) -> tuple[int, list[str]]:
+    """How many texts matched ``selector``, and those below ``minimum`` contrast (WCAG AA)."""
+    found: list[dict[str, Any]] = page.evaluate(_CONTRAST, selector)
+    low = [f"{f['text']!r}: {f['ratio']:.1f}" for f in found if f["ratio"] < minimum]
+    return len(found), low

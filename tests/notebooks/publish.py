@@ -23,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+# nbrun beside this file; the package from this checkout even when it is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
 import nbformat
 import nbrun

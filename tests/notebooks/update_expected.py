@@ -15,7 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
+# nbrun beside this file; the package from this checkout even when it is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
 import nbrun
 
