@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from ..metrics import COMMITS, CORES, CPU
-from .sqlrates import where
+from .sqlrates import pairs_sql, where
 
 __all__ = [
     "connection_trends",
@@ -55,14 +55,7 @@ def _increases(metric_filter: str, where_sql: str) -> str:
     return f"""SELECT ts, service_id, service_name, metric, mode,
     if(v < prev, v, v - prev) AS inc, v < prev AS reset,
     (toUnixTimestamp64Micro(ts) - toUnixTimestamp64Micro(prev_ts)) / 1e6 AS dt
-  FROM (
-    SELECT ts, service_id, service_name, metric, mode, value AS v,
-      lagInFrame(v) OVER w AS prev, lagInFrame(ts) OVER w AS prev_ts,
-      row_number() OVER w AS n
-    FROM samples {where_sql} AND {metric_filter}
-    WINDOW w AS (PARTITION BY metric, service_id, mode, state, database, extra ORDER BY ts
-                 ROWS BETWEEN 1 PRECEDING AND CURRENT ROW))
-  WHERE n > 1 AND dt > 0"""
+  FROM ({pairs_sql("samples", f"{where_sql} AND {metric_filter}")})"""
 
 
 def cpu_p95_per_hour(store: _Queryable, start: Time = None, end: Time = None) -> pd.DataFrame:

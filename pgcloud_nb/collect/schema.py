@@ -10,12 +10,14 @@ One database holds:
   sign, exponent and high mantissa bits, so the difference of their bit patterns is
   small; on the benchmark's realistic series (noisy gauges with two decimals,
   counters) that is 1.6 bytes a sample, against 2.9 for Gorilla+ZSTD(1), 2.7 for FPC
-  and 2.1 for ZSTD(3) alone (tests/benchmarks/bench_history_store.py). Key columns are LowCardinality and repeat for a whole
-  run, so they cost next to nothing on disk. Raw samples expire after ``raw_ttl``;
-  partitions are days, so expiry drops whole parts (``ttl_only_drop_parts``).
+  and 2.1 for ZSTD(3) alone (tests/benchmarks/bench_history_store.py). Key columns
+  are LowCardinality and repeat for a whole run: next to nothing on disk. Raw
+  samples expire after ``raw_ttl``; partitions are days, so expiry drops whole parts
+  (``ttl_only_drop_parts``).
 - ``samples_1h``: an AggregatingMergeTree fed by a materialized view, one row per
   series and hour: min, max, avg, first/last (by time), count and a t-digest state
-  for quantiles. It is kept for ``rollup_ttl`` (much longer than raw).
+  for quantiles (gauges only: quantiles of a cumulative counter mean nothing, and the
+  state is most of a rollup row's bytes). It is kept for ``rollup_ttl`` (much longer than raw).
 - ``service_last``: the newest sample time per service (a small AggregatingMergeTree
   fed by a view), read by the backfill without scanning ``samples``.
 - ``rounds``: one row per collector round, written *after* that round's samples.
@@ -97,7 +99,7 @@ SETTINGS non_replicated_deduplication_window = 10000, ttl_only_drop_parts = 1"""
   avg AggregateFunction(avg, Float64),
   first AggregateFunction(argMin, Float64, {_TS}),
   last AggregateFunction(argMax, Float64, {_TS}),
-  quantiles AggregateFunction(quantilesTDigest({_Q}), Float64)
+  quantiles AggregateFunction(quantilesTDigest({_Q}), Float64) CODEC(ZSTD(3))
 ) ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(hour)
 ORDER BY ({key}, hour)
@@ -109,7 +111,7 @@ SELECT toStartOfHour(ts) AS hour, {key},
   count() AS count, min(value) AS min, max(value) AS max,
   avgState(value) AS avg,
   argMinState(value, ts) AS first, argMaxState(value, ts) AS last,
-  quantilesTDigestState({_Q})(value) AS quantiles
+  quantilesTDigestStateIf({_Q})(value, NOT endsWith(metric, '_Total')) AS quantiles
 FROM {db}.samples
 GROUP BY hour, {key}""",
         f"""CREATE TABLE IF NOT EXISTS {db}.service_last (

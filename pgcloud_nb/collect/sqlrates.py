@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..metrics import CACHE, COMMITS, CORES, CPU, ROLLBACKS
 
-__all__ = ["derived_sql", "rates_sql", "where"]
+__all__ = ["derived_sql", "pairs_sql", "rates_sql", "where"]
 
 _SERIES = "metric, service_id, mode, state, database, extra"
 _LABELS = "mode, state, database"
@@ -79,21 +79,30 @@ def _counter_test(db: str) -> str:
     return f"(metric IN {counter} OR (endsWith(metric, '_Total') AND metric NOT IN {other}))"
 
 
+def pairs_sql(table: str, where_sql: str) -> str:
+    """Each sample of the selected series with the one before it (``prev``, ``prev_ts``).
+
+    Each series' samples are gathered into one array sorted by time and joined with
+    itself shifted by one: a single pass over the rows, no window function (which
+    ClickHouse runs several times slower on millions of rows).
+    """
+    return f"""SELECT metric, service_id, {_LABELS}, extra,
+    p.1 AS ts, p.2 AS service_name, p.3 AS v, q.1 AS prev_ts, q.3 AS prev
+  FROM (
+    SELECT {_SERIES}, arraySort(x -> x.1, groupArray((ts, service_name, value))) AS s
+    FROM {table} {where_sql}
+    GROUP BY {_SERIES})
+  ARRAY JOIN arrayPopFront(s) AS p, arrayPopBack(s) AS q
+  WHERE p.1 > q.1"""
+
+
 def _rates(db: str, where_sql: str) -> str:
     """Per-second rates of the counter samples ``where_sql`` selects."""
     return f"""SELECT ts AS timestamp, service_id, service_name, metric, {_LABELS}, extra,
     if(v < prev, v, v - prev)
       / ((toUnixTimestamp64Micro(ts) - toUnixTimestamp64Micro(prev_ts)) / 1e6) AS value,
     v < prev AS reset
-  FROM (
-    SELECT ts, service_id, service_name, metric, {_LABELS}, extra, value AS v,
-      lagInFrame(v) OVER w AS prev, lagInFrame(ts) OVER w AS prev_ts,
-      row_number() OVER w AS n
-    FROM {db}.samples {where_sql}
-    WINDOW w AS (PARTITION BY {_SERIES} ORDER BY ts
-                 ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
-  )
-  WHERE n > 1 AND ts > prev_ts"""
+  FROM ({pairs_sql(f"{db}.samples", where_sql)})"""
 
 
 def rates_sql(

@@ -248,10 +248,14 @@ class Store:
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """Run SQL in this store's database; ``{name:Type}`` placeholders take ``parameters``.
 
-        Timestamps come back tz-aware (UTC) and LowCardinality columns as categoricals.
+        Timestamps come back tz-aware, in UTC (clickhouse-connect gives them naive, in
+        UTC; Arrow would give ``DateTime`` columns as bare integers).
         """
-        table = self.client.query_arrow(sql, parameters=dict(parameters or {}))
-        return table.to_pandas()
+        frame = self.client.query_df(sql, parameters=dict(parameters or {}))
+        for col in frame.columns:
+            if pd.api.types.is_datetime64_dtype(frame[col]):  # naive: tz-aware ones pass
+                frame[col] = frame[col].dt.tz_localize("UTC")
+        return frame
 
     def query_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pa.Table:
         return self.client.query_arrow(sql, parameters=dict(parameters or {}))
