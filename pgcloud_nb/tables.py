@@ -54,8 +54,10 @@ _ID_COLUMN = re.compile(r"(^id$|_id$|[a-z]Id$)")
 _BYTES_COLUMN = re.compile(r"(_bytes$|Bytes$|^sizeInBytes$)")
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 # Inline styles (not a <style> block) survive JupyterLab's sanitizer on reopened notebooks.
+# JupyterLab's own CSS sets white-space:normal on every td and th, so nowrap goes on each cell.
 BOX_STYLE = "overflow-x:auto;max-width:100%"
 TABLE_STYLE = "white-space:nowrap;border-collapse:collapse;margin:0"
+NOWRAP = "white-space:nowrap"
 
 
 def escape(text: str) -> str:
@@ -156,7 +158,7 @@ def cell(column: str, value: Any, *, limit: int = TEXT_CHARS) -> Cell:
     return _cut(text, limit)
 
 
-def td(shown: Cell, *, code: bool = False, style: str = "") -> str:
+def td(shown: Cell, *, code: bool = False, style: str = NOWRAP) -> str:
     """One escaped ``<td>``; ``code`` sets the text in monospace (ids)."""
     text = escape(shown.text)
     if code and text:
@@ -171,9 +173,9 @@ def table_html(
 ) -> str:
     """Headers and ready ``<tr>`` rows in the scrolling box; ``more`` rows left out are counted."""
     head = "".join(
-        f'<th title="{escape(h.title)}">{escape(h.text)}</th>'
+        f'<th title="{escape(h.title)}" style="{NOWRAP}">{escape(h.text)}</th>'
         if h.title
-        else f"<th>{escape(h.text)}</th>"
+        else f'<th style="{NOWRAP}">{escape(h.text)}</th>'
         for h in headers
     )
     foot = f"<p><small>… {more:,} more rows not shown</small></p>" if more else ""

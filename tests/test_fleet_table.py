@@ -74,7 +74,9 @@ def test_the_table_fits_a_notebook(figures: dict[str, str]) -> None:
                   {"key": "run", "value": "6f0f6e"}]}
         for i in range(4)
     ]  # fmt: skip
-    frame = pgcloud_nb.frames.services_frame(services)
+    frame = pgcloud_nb.frames.services_frame(services).assign(
+        cpu_percent=100.0, connections=120, memory_used_percent=99.9, filesystem_used_percent=99.9
+    )  # the widest figures each column can show
     html = fleet_html(frame)
     assert 'style="overflow-x:auto;max-width:100%"' in html  # the box scrolls sideways
     assert "white-space:nowrap" in html.split("<thead>")[0]  # on the table: no cell wraps…
@@ -82,12 +84,46 @@ def test_the_table_fits_a_notebook(figures: dict[str, str]) -> None:
     assert html.count('<span style="white-space:nowrap"') == 4 * 4
     assert "tag." not in re.sub(r"<[^>]+>", "", html.split("<tbody>")[0])  # one tags column
     # ids as their first 8 characters, whole in the tooltip
-    assert f'title="{services[0]["id"]}"><code>{services[0]["id"][:8]}…</code>' in html
+    assert f'<td title="{services[0]["id"]}" style="white-space:nowrap"><code>' in html
+    assert f"<code>{services[0]['id'][:8]}…</code>" in html
+    # JupyterLab's CSS lets td and th wrap: each one-line cell says nowrap itself
+    cells = re.findall(r"<t[dh](?: [^>]*)?>", html)
+    assert len(cells) == 12 + 4 * 12
+    assert [c for c in cells if "white-space:nowrap" not in c] == [
+        '<td style="white-space:normal;min-width:8em">'
+    ] * 4
     assert "e+" not in html and "nan" not in html.lower() and "&lt;NA&gt;" not in html
     # what a row spends on its one-line columns, in characters (the tags cell wraps)
     widest = max(sum(len(re.sub(r"<[^>]+>", "", c)) for c in row[:-1]) for row in _cells(html))
     figures["fleet table: widest row, one-line columns"] = f"{widest} characters"
-    assert widest <= 100  # ~7 px a character at JupyterLab's 13 px: well inside 1,008 px
+    assert widest <= 100
+    pixels = _width_px(html)
+    if pixels is not None:
+        figures["fleet table: width in DejaVu Sans 13 px (notebook: 1,008 px)"] = f"{pixels} px"
+        assert pixels <= 1008
+
+
+def _width_px(html: str) -> int | None:
+    """The table's width laid out as JupyterLab would: 13 px text, 0.5 em padding a side.
+
+    DejaVu Sans is wider than the system fonts JupyterLab asks for, so this errs
+    wide. The tags cell wraps between chips: it counts as its widest chip or
+    its 8 em minimum. None where the font is not installed.
+    """
+    font_file = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+    if not font_file.exists():
+        return None
+    from PIL import ImageFont
+
+    font = ImageFont.truetype(str(font_file), 13)
+    header = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", html)
+    columns = [[font.getlength(h) * 1.1] for h in header]  # bold headers: ~10 % wider
+    for row in _cells(html):
+        for i, cell in enumerate(row[:-1]):
+            columns[i].append(font.getlength(re.sub(r"<[^>]+>", "", cell)))
+        chips = re.findall(r"<span[^>]*>(.*?)</span>", row[-1]) or [""]
+        columns[-1].append(max(104.0, *(font.getlength(c) for c in chips)))
+    return round(sum(max(c) + 13 for c in columns))
 
 
 def test_every_value_is_escaped() -> None:

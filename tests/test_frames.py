@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pandas as pd
@@ -310,10 +311,14 @@ def test_readable_shows_ids_bytes_and_numbers_compactly_and_leaves_the_frame() -
     before = frame.copy()
     html = readable(frame)._repr_html_()
     pd.testing.assert_frame_equal(frame, before)  # the display changes, the frame does not
-    assert 'title="67b4f3c1-0000-4000-8000-000000000001"><code>67b4f3c1…</code>' in html
-    assert "<td>67b4f3c1-0000" not in html  # no whole UUID to wrap over lines
-    assert 'title="17,179,869,184 bytes">16.0 GiB</td>' in html
-    assert "<td>12.35</td>" in html and "<td>3,458,400</td>" in html and "<td>0.004975</td>" in html
+    assert 'title="67b4f3c1-0000-4000-8000-000000000001"' in html
+    assert "><code>67b4f3c1…</code></td>" in html
+    assert ">67b4f3c1-0000" not in html  # no whole UUID to wrap over lines
+    assert 'title="17,179,869,184 bytes"' in html and ">16.0 GiB</td>" in html
+    assert ">12.35</td>" in html and ">3,458,400</td>" in html and ">0.004975</td>" in html
+    # JupyterLab's CSS lets td and th wrap: each cell says nowrap itself
+    cells = re.findall(r"<t[dh](?: [^>]*)?>", html)
+    assert len(cells) > 20 and all("white-space:nowrap" in c for c in cells)
     assert ">1h 2m 5s</td>" in html and ">2026-05-25 16:42:16</td>" in html
     assert "e+" not in html and "nan" not in html.lower() and "NaT" not in html
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in html and "<b>bold" not in html
@@ -333,4 +338,4 @@ def test_readable_names_the_unit_of_a_long_metrics_frame() -> None:
          "series": [{"label": "cpu", "dataPoints": [{"timestamp": 1780000000, "value": 42.5}]}]},
     ]})  # fmt: skip
     html = readable(metrics_frame(metrics))._repr_html_()
-    assert ">2.0 GiB</td>" in html and ">1.5 KiB/s</td>" in html and "<td>42.50</td>" in html
+    assert ">2.0 GiB</td>" in html and ">1.5 KiB/s</td>" in html and ">42.50</td>" in html
