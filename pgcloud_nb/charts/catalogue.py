@@ -25,6 +25,7 @@ __all__ = [
     "CPU_CORES",
     "CPU_SECONDS",
     "CPU_WITHOUT_CORES",
+    "WHOLE_UNITS",
     "MetricInfo",
     "byte_scale",
     "info",
@@ -32,6 +33,7 @@ __all__ = [
 
 CPU_SECONDS = "PostgresServer_CPUSeconds_Total"
 CPU_CORES = "PostgresServer_CPUCores"
+WHOLE_UNITS = frozenset({"connections", "cores"})  # gauges that count: whole-number ticks
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 

@@ -92,7 +92,6 @@ class LiveChart(widgets.VBox):
         self.history = History(max_age=timedelta(seconds=window))
         self.redraws = 0
         self.scrapes = 0
-        self.state = "stopped"
         self.task: asyncio.Task[None] | None = None
         self.panels = Panels(self.metrics, self.services, window, figsize, dpi)
         self.figure = self.panels.figure
@@ -120,6 +119,7 @@ class LiveChart(widgets.VBox):
             buttons.append(self.follow_button)
         super().__init__([widgets.HBox([*buttons, self.status]), self.view.widget, self.errors])
         self.add_class("pgcloud-live-chart")
+        self.state = "stopped"  # from here on close() has everything to close
         self.redraw()
         if autostart and _loop_running():
             self.start()
@@ -165,13 +165,15 @@ class LiveChart(widgets.VBox):
 
     def close(self) -> None:
         """Stop the task and release the figure; the widget disappears."""
-        if self.state == "closed":
+        # getattr: close() also runs from Widget.__del__, after an __init__ that may have
+        # failed half-way (a bad argument).
+        if getattr(self, "state", "closed") == "closed":
             return
         cancel(self.task)
         self.task = None
         self.state = "closed"
-        # close() also runs from Widget.__del__, possibly at interpreter exit, when
-        # matplotlib can no longer import what clear() needs: then there is nothing to free.
+        # Possibly at interpreter exit too, when matplotlib can no longer import what
+        # clear() needs: then there is nothing to free.
         with contextlib.suppress(Exception):
             self.view.close()
             self.panels.clear()

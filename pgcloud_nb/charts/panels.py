@@ -23,6 +23,7 @@ import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..history import History
 from ..metrics import is_counter
@@ -31,6 +32,7 @@ from .catalogue import (
     CPU_CORES,
     CPU_SECONDS,
     CPU_WITHOUT_CORES,
+    WHOLE_UNITS,
     MetricInfo,
     byte_scale,
     info,
@@ -261,6 +263,8 @@ class Panels:
             spine.set_color(INK)
         ax.spines[["top", "right"]].set_visible(False)
         ax.grid(True, color=INK, alpha=0.25, linewidth=0.6)
+        if info(metric, is_counter(metric)).unit in WHOLE_UNITS:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # no 1.5 connections
         ax.set_title(metric, fontsize=7, loc="right", color=INK, family="monospace")
         self._label(ax, metric, info(metric, is_counter(metric)), "")
         return ax.text(
