@@ -64,21 +64,31 @@ def cpu_p95_per_hour(store: _Queryable, start: Time = None, end: Time = None) ->
     CPU % at each scrape is :func:`pgcloud_nb.metrics.derived`'s (non-idle CPU
     seconds per second over CPUCores × 100); the p95 is exact (``quantileExactInclusive``,
     numpy's default interpolation), over the scrapes of that hour.
+
+    The non-idle modes are summed per scrape before the counter is differenced: one
+    series a service instead of seven, several times faster. It equals the per-mode
+    rule (:func:`~pgcloud_nb.collect.sqlrates.derived_sql`) because a restart resets
+    every mode's counter at once; a scrape missing some modes would differ.
     """
     where_sql, params = where(start, end, None, [CPU, CORES])
+    busy = f"metric = '{CPU}' AND mode != 'idle'"
     sql = f"""WITH
-  busy AS (
-    SELECT ts, service_id, any(service_name) AS service_name, sum(inc / dt) AS busy
-    FROM ({_increases(f"metric = '{CPU}' AND mode != 'idle'", where_sql)})
-    GROUP BY ts, service_id),
-  cores AS (
-    SELECT ts, service_id, anyLast(value) AS cores FROM samples
-    {where_sql} AND metric = '{CORES}' GROUP BY ts, service_id)
-SELECT toStartOfHour(ts) AS hour, service_id, argMax(service_name, ts) AS service_name,
-  quantileExactInclusive(0.95)(busy / cores * 100) AS p95_cpu_percent,
-  avg(busy / cores * 100) AS mean_cpu_percent, count() AS scrapes
-FROM busy INNER JOIN cores USING (ts, service_id)
-GROUP BY hour, service_id ORDER BY hour, service_id"""
+  scrapes AS (
+    SELECT service_id, ts, anyLast(service_name) AS name, sumIf(value, {busy}) AS busy,
+      if(countIf(metric = '{CORES}') > 0, anyLastIf(value, metric = '{CORES}'), nan) AS cores
+    FROM samples {where_sql} GROUP BY service_id, ts HAVING countIf({busy}) > 0),
+  pct AS (
+    SELECT service_id, p.1 AS ts, p.2 AS name,
+      if(p.3 < q.3, p.3, p.3 - q.3)
+        / ((toUnixTimestamp64Micro(p.1) - toUnixTimestamp64Micro(q.1)) / 1e6) / p.4 * 100 AS cpu
+    FROM (SELECT service_id, arraySort(x -> x.1, groupArray((ts, name, busy, cores))) AS s
+          FROM scrapes GROUP BY service_id)
+    ARRAY JOIN arrayPopFront(s) AS p, arrayPopBack(s) AS q
+    WHERE p.1 > q.1 AND NOT isNaN(cpu))
+SELECT toStartOfHour(ts) AS hour, service_id, argMax(name, ts) AS service_name,
+  quantileExactInclusive(0.95)(cpu) AS p95_cpu_percent, avg(cpu) AS mean_cpu_percent,
+  count() AS scrapes
+FROM pct GROUP BY hour, service_id ORDER BY hour, service_id"""
     return store.query(sql, params)
 
 

@@ -95,6 +95,8 @@ def _resolve(dsn: str | None) -> tuple[dict[str, Any], str | None, str]:
     if url.scheme == "chdb":
         path = Path(url.path)
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.stat().st_uid == os.geteuid():
+            path.chmod(0o700)  # the history is the user's alone (threat model: shared machines)
         return {"interface": "chdb", "path": str(path)}, None, dsn
     database = url.path.strip("/").split("/")[0] or None
     return {"dsn": dsn}, database, redact(dsn)
