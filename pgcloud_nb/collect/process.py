@@ -41,6 +41,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from ..client import Client
 from ..credentials import SECRET_VAR
+from ..pidlock import lock_holder
 from ..redaction import redact, remember_secret
 from .backfill import Debt
 from .collector import (
@@ -156,18 +157,9 @@ def stop(home: Path, timeout: float = 30.0) -> bool:
 
 def _holder(home: Path) -> int | None:
     """The pid of the process holding the home's lock, if one does."""
-    try:
-        f = open(home / LOCK)  # noqa: SIM115 -- closed below; the lock is tested on it
-    except FileNotFoundError:
+    if (text := lock_holder(home / LOCK)) is None:
         return None
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = f.read().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return None
+    return int(text) if text.isdigit() else -1
 
 
 def _tail(log: Path, lines: int = 20) -> str:

@@ -34,6 +34,7 @@ from typing import IO
 
 import httpx
 
+from pgcloud_nb.pidlock import lock_holder
 from pgcloud_nb.sandbox.api.realism import PROBE_HEADER
 from pgcloud_nb.sandbox.errors import SandboxError
 from pgcloud_nb.sandbox.home import SandboxHome
@@ -211,20 +212,11 @@ class Sandbox:
 
     def _server_pid(self) -> int | None:
         """The pid of the process holding this home's lock, if any."""
-        try:
-            f = open(self._lock_file)  # noqa: SIM115 -- closed below; the lock is tested on it
-        except FileNotFoundError:
+        if (text := lock_holder(self._lock_file)) is None:
             return None
-        with f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                text = f.read().strip()
-                data = self.home.read_server() or {}
-                pid = int(text) if text.isdigit() else int(data.get("pid") or 0)
-                return pid if pid and _pid_alive(pid) else None
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return None  # we got the lock: no server holds it
+        data = self.home.read_server() or {}
+        pid = int(text) if text.isdigit() else int(data.get("pid") or 0)
+        return pid if pid and _pid_alive(pid) else None
 
     def _stop_clusters(self) -> int:
         if not self.home.clusters_dir.exists():
