@@ -195,15 +195,7 @@ class ConfigEditor(ServiceWidget):
         """Show each problem beside its key; ``[]`` when the changes may be sent."""
         _, errors = self.changes()
         route_errors(errors, self.labels, self.form_error)
-        if errors:
-            self.status.set(f"not sent: {len(errors)} invalid value(s)", icon="⚠")
-        else:
-            self.status.clear()
-        return errors
-
-    def _edited(self) -> None:
-        if self._checking:
-            self.check()
+        return self._checked(errors, "invalid value(s)")
 
     @action()
     def dry_run(self) -> dict[str, Any]:

@@ -120,6 +120,7 @@ class ServiceWidget(widgets.VBox):
         self.status = StatusLine()
         self.jobs = JobQueue(self.errors)
         self.guard = guarded(self.errors)
+        self._checking = False
         super().__init__(**kwargs)
 
     @property
@@ -130,6 +131,23 @@ class ServiceWidget(widgets.VBox):
     async def finished(self) -> None:
         """Wait for every job started so far: ``await editor.finished()`` in a notebook."""
         await self.jobs.finished()
+
+    def check(self) -> list[Any]:
+        """Show every problem beside its field; ``[]`` when the changes may be sent."""
+        raise NotImplementedError
+
+    def _edited(self) -> None:
+        # after a refused click (``_checking``), every edit checks again, so a fixed
+        # value loses its message at once
+        if self._checking:
+            self.check()
+
+    def _checked(self, errors: list[Any], what: str) -> list[Any]:
+        if errors:
+            self.status.set(f"not sent: {len(errors)} {what}", icon="⚠")
+        else:
+            self.status.clear()
+        return errors
 
     def _bind(self) -> None:
         if self.picker is not None:
@@ -232,15 +250,7 @@ class TagEditor(ServiceWidget):
         body = self.patch()
         errors = in_words(validate_body(_PATCH, body), body, _PATCH) + duplicate_tags(body["tags"])
         route_errors(errors, {"tags": self.form_error, **self.rows.error_labels()}, self.form_error)
-        if errors:
-            self.status.set(f"not sent: {len(errors)} problem(s)", icon="⚠")
-        else:
-            self.status.clear()
-        return errors
-
-    def _edited(self) -> None:
-        if self._checking:
-            self.check()
+        return self._checked(errors, "problem(s)")
 
     @action()
     def apply(self) -> None:
