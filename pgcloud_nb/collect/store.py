@@ -108,8 +108,14 @@ def _connect(kwargs: dict[str, Any], database: str, wait: float) -> Client:
         try:
             return clickhouse_connect.get_client(database=database, **kwargs)
         except ClickHouseError as exc:
-            # another process holds the embedded folder (the engine's lock)
-            busy = kwargs.get("interface") == "chdb" and "EmbeddedServer" in str(exc)
+            # Another process holds the embedded folder (the engine's lock): worth a
+            # wait. Another folder open in this process is not: it lasts until closed.
+            msg = str(exc)
+            busy = (
+                kwargs.get("interface") == "chdb"
+                and "EmbeddedServer" in msg
+                and "already initialized" not in msg
+            )
             if not busy or time.monotonic() >= deadline:
                 raise
             time.sleep(0.2)

@@ -5,7 +5,10 @@ and chDB's one-folder-per-process rule. One store (one folder) for the module.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -145,3 +148,46 @@ def test_server_settings_are_shown_without_the_password(monkeypatch: pytest.Monk
     assert kwargs["host"] == "abc.clickhouse.cloud" and kwargs["secure"] is True
     assert database is None and shown == "https://abc.clickhouse.cloud"
     assert "other-pw" not in redact("failed: password other-pw refused")
+
+
+HOLD = """
+import sys
+from pgcloud_nb.collect.store import Store
+with Store.open(sys.argv[1], database="held") as st:
+    st.insert_scrape(st.frame(), round_id="held")
+    print("open", flush=True)
+    sys.stdin.read()  # hold the folder until the test closes our stdin
+"""
+WAIT = """
+import sys
+from pgcloud_nb.collect.store import Store
+with Store.open(sys.argv[1], database="held", wait=float(sys.argv[2])) as st:
+    print(st.rounds())
+"""
+
+
+@pytest.mark.slow  # three processes, each loading the engine
+def test_another_process_waits_for_the_folder(tmp_path: Path) -> None:
+    # Two processes cannot hold one embedded folder at once; open(wait=...) takes turns.
+    dsn = f"chdb://{tmp_path / 'shared'}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    run = [sys.executable, "-c"]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True, "env": env}
+    holder = subprocess.Popen([*run, HOLD, dsn], **pipes)  # type: ignore[call-overload]
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        t0 = time.monotonic()
+        refused = subprocess.run([*run, WAIT, dsn, "0"], capture_output=True, text=True, env=env)
+        startup = time.monotonic() - t0
+        assert refused.returncode != 0 and "EmbeddedServer" in refused.stderr
+        waiter = subprocess.Popen([*run, WAIT, dsn, "120"], **pipes)  # type: ignore[call-overload]
+        time.sleep(startup + 1)  # the waiter is past its imports and retrying
+        assert waiter.poll() is None
+        holder.stdin.close()
+        out, err = waiter.communicate(timeout=120)
+        assert waiter.returncode == 0, err[-2000:]
+        assert out.strip() == "1"
+    finally:
+        if holder.stdin and not holder.stdin.closed:
+            holder.stdin.close()
+        holder.wait(timeout=60)
