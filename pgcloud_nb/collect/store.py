@@ -260,6 +260,8 @@ class Store:
         UTC; Arrow would give ``DateTime`` columns as bare integers).
         """
         frame = self.client.query_df(sql, parameters=dict(parameters or {}))
+        if not len(frame.columns):  # no rows give no columns: take them from Arrow's schema
+            frame = self.client.query_arrow(sql, parameters=dict(parameters or {})).to_pandas()
         for col in frame.columns:
             if pd.api.types.is_datetime64_dtype(frame[col]):  # naive: tz-aware ones pass
                 frame[col] = frame[col].dt.tz_localize("UTC")

@@ -56,6 +56,13 @@ def _listed(**changes: dict[str, object]) -> list[dict[str, object]]:
     return out
 
 
+def test_an_empty_store_answers_with_columns(store: Store) -> None:
+    assert store.last_sample_at() == {} and store.rounds() == 0
+    assert list(store.services().columns)[:2] == ["service_id", "name"]
+    assert len(store.frame()) == 0 and "timestamp" in store.frame().columns
+    assert list(store.rates().columns)[:2] == ["timestamp", "service_id"]
+
+
 def test_services_follow_renames_and_deletes(store: Store) -> None:
     t1, t2, t3 = (NOW - pd.Timedelta(minutes=m) for m in (30, 20, 10))
     store.record_services(_listed(), at=t1)
