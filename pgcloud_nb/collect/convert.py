@@ -70,6 +70,17 @@ def samples_table(frame: pd.DataFrame, *, backfilled: bool) -> pa.Table:
 def long_frame(table: pa.Table, types: dict[str, str], org_id: str | None) -> pd.DataFrame:
     """A ``samples`` query result (ts, metric, service_id, service_name, labels, extra,
     value) as the long frame History and :mod:`pgcloud_nb.metrics` take."""
+    extra: dict[str, list[Any]] = {}
+    if "extra" in table.column_names:
+        maps = table.column("extra")
+        table = table.drop_columns(["extra"])
+        # Only rows with extra labels become Python objects (normally none of them).
+        lengths = np.concatenate(
+            [np.diff(chunk.offsets.to_numpy()) for chunk in maps.chunks] or [np.empty(0)]
+        )
+        for i in np.flatnonzero(lengths > 0):
+            for k, v in maps[int(i)].as_py():
+                extra.setdefault(k, [None] * table.num_rows)[int(i)] = v
     raw = table.to_pandas()
     n = len(raw)
     cols: dict[str, Any] = {
@@ -79,18 +90,19 @@ def long_frame(table: pa.Table, types: dict[str, str], org_id: str | None) -> pd
     }
     for col in ("service_id", "service_name", "metric"):
         cols[col] = _category(raw[col])
-    extra: dict[str, list[Any]] = {}
-    if "extra" in raw and n:
-        for i, pairs in enumerate(raw["extra"]):
-            for k, v in pairs or ():
-                extra.setdefault(k, [None] * n)[i] = v
-    present = [c for c in LABELS if c in raw and (raw[c].astype(str) != "").any()]
+    present = [c for c in LABELS if c in raw and _has_values(raw[c])]
     for label in label_columns([*present, *extra]):
         cols[label] = _category(raw[label]) if label in present else pd.Categorical(extra[label])
     cols["value"] = raw["value"].to_numpy(np.float64) if n else np.empty(0)
     frame = pd.DataFrame(cols)
     frame.attrs.update(types=dict(types), org_id=org_id)
     return frame
+
+
+def _has_values(col: pd.Series) -> bool:
+    if isinstance(col.dtype, pd.CategoricalDtype):  # the categories, not 32M strings
+        return bool(set(col.cat.remove_unused_categories().cat.categories) - {""})
+    return bool((col.astype(str) != "").any())
 
 
 def _category(col: pd.Series) -> pd.Categorical:

@@ -63,6 +63,30 @@ def test_an_empty_store_answers_with_columns(store: Store) -> None:
     assert list(store.rates().columns)[:2] == ["timestamp", "service_id"]
 
 
+def test_labels_beyond_the_data_sheet_round_trip(store: Store) -> None:
+    at = NOW - pd.Timedelta(hours=5)
+    text = (
+        'PostgresServer_Foo_Total{postgres_service="s-1",postgres_service_name="a",'
+        'shard="2"} 5\nPostgresServer_Foo_Total{postgres_service="s-1",'
+        'postgres_service_name="a",mode="user"} 7\n'
+    )
+    frame = parse_prometheus(text, timestamp=at)
+    assert store.insert_scrape(frame, round_id="extra-labels") == 2
+    back = store.frame(at, at + pd.Timedelta(seconds=1))
+    assert list(back.columns) == [
+        "timestamp",
+        "service_id",
+        "service_name",
+        "metric",
+        "mode",
+        "shard",
+        "value",
+    ]
+    assert back["shard"][0] == "2" and back["shard"].isna().tolist() == [False, True]
+    assert back["mode"][1] == "user" and back["mode"].isna().tolist() == [True, False]
+    store.client.command("DELETE FROM samples WHERE service_id = 's-1'")
+
+
 def test_services_follow_renames_and_deletes(store: Store) -> None:
     t1, t2, t3 = (NOW - pd.Timedelta(minutes=m) for m in (30, 20, 10))
     store.record_services(_listed(), at=t1)
