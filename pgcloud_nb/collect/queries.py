@@ -38,6 +38,9 @@ CONNECTIONS = "PostgresServer_ActiveConnections"
 DB_SIZE = "PostgresServer_DatabaseSizeBytes"
 STORAGE_LIMIT = "PostgresServer_StorageLimitBytes"
 Time = datetime | pd.Timestamp | None
+# Days since 2020 as the fits' x: small numbers, so the sums of squares inside the
+# regression keep their precision (seconds since 1970 lose digits to cancellation).
+_DAYS = "((toUnixTimestamp(hour) - 1577836800) / 86400)"
 
 
 class _Queryable(Protocol):
@@ -107,9 +110,8 @@ def connection_trends(
     ``trending_up`` (slope > 0 with r² ≥ ``min_r2``). Steepest climb first."""
     hourly, params = _connections_sql(start, end)
     sql = f"""SELECT service_id, argMax(service_name, hour) AS service_name,
-  simpleLinearRegression(toUnixTimestamp(hour) / 86400, connections).1 AS slope_per_day,
-  if(isNaN(corr(toFloat64(toUnixTimestamp(hour)), connections)), 0,
-     pow(corr(toFloat64(toUnixTimestamp(hour)), connections), 2)) AS r2,
+  simpleLinearRegression({_DAYS}, connections).1 AS slope_per_day,
+  if(isNaN(corr({_DAYS}, connections)), 0, pow(corr({_DAYS}, connections), 2)) AS r2,
   argMin(connections, hour) AS first, argMax(connections, hour) AS last, count() AS hours,
   slope_per_day > 0 AND r2 >= {float(min_r2)!r} AS trending_up
 FROM ({hourly}) GROUP BY service_id ORDER BY slope_per_day DESC, service_id"""
@@ -159,7 +161,7 @@ def storage_growth(store: _Queryable, start: Time = None, end: Time = None) -> p
   growth AS (
     SELECT service_id, argMax(service_name, hour) AS service_name,
       argMax(bytes, hour) AS newest,
-      simpleLinearRegression(toUnixTimestamp(hour) / 86400, bytes).1 AS growth_per_day
+      simpleLinearRegression({_DAYS}, bytes).1 AS growth_per_day
     FROM sizes GROUP BY service_id),
   limits AS (
     SELECT service_id, argMax(value, ts) AS limit_bytes FROM samples {limit_where}

@@ -42,13 +42,14 @@ ORG = "0b7e2c1a-5d3f-4e8a-9c6b-2a1f0e9d8c7b"
 MODES = ("user", "system", "iowait", "softirq", "steal", "irq", "nice", "idle")
 SHARE = (0.30, 0.08, 0.02, 0.005, 0.001, 0.001, 0.0)
 STATES = ("active", "idle", "idle in transaction")
+INSERTED = "PostgresServer_TuplesInserted_Total"  # grows the database, so kept apart
 COUNTERS = {  # per-second rate at full load
     "PostgresServer_DiskReads_Total": 120.0,
     "PostgresServer_DiskWrites_Total": 80.0,
     "PostgresServer_NetworkReceiveBytes_Total": 250_000.0,
     "PostgresServer_NetworkTransmitBytes_Total": 900_000.0,
     "PostgresServer_TuplesFetched_Total": 5_000.0,
-    "PostgresServer_TuplesInserted_Total": 300.0,
+    INSERTED: 300.0,
     "PostgresServer_TuplesUpdated_Total": 150.0,
     "PostgresServer_TuplesDeleted_Total": 20.0,
     COMMITS: 400.0,
@@ -69,10 +70,9 @@ def fleet(n_services: int, days: int, seed: int = 7) -> tuple[pd.DatetimeIndex, 
         svc = (sid, f"pg-{i:03d}")
         cores = (2, 4, 8, 16)[i % 4]
         base = 0.1 + 0.8 * rng.random()
-        noise = np.convolve(rng.normal(0, 0.05, len(t) + 29), np.ones(30) / 30, "valid")
-        load = np.clip(
-            base * (1 + 0.4 * np.sin(2 * np.pi * t / 1440 + rng.random() * 6)) + noise, 0.01, 1.0
-        )
+        jitter = np.convolve(rng.normal(0, 0.05, len(t) + 29), np.ones(30) / 30, "valid")
+        daily = 1 + 0.4 * np.sin(2 * np.pi * t / 1440 + rng.random() * 6)
+        load = np.clip(base * daily + jitter, 0.01, 1.0)
         restart = int(rng.integers(len(t) // 4, len(t)))  # counters start again from zero
 
         def counter(rate: np.ndarray, *, whole: bool = True, at: int = restart) -> np.ndarray:
@@ -81,75 +81,46 @@ def fleet(n_services: int, days: int, seed: int = 7) -> tuple[pd.DatetimeIndex, 
             total[at:] -= total[at - 1]
             return np.round(total, 2)
 
-        info = {"postgres_status": "running", "postgres_version": ("17", "18")[i % 2]}
-        series.append(("PostgresServiceInfo", svc, info, np.ones(len(t))))
-        series.append((CORES, svc, {}, np.full(len(t), float(cores))))
-        series.append(
-            ("PostgresServer_MemoryLimitBytes", svc, {}, np.full(len(t), cores * 8.0 * 2**30))
+        def add(metric: str, values: np.ndarray, _s: tuple[str, str] = svc, **labels: str) -> None:
+            series.append((metric, _s, labels, values))
+
+        def noise(sd: float) -> np.ndarray:
+            return rng.normal(0, sd, len(t))
+
+        add(
+            "PostgresServiceInfo",
+            np.ones(len(t)),
+            postgres_status="running",
+            postgres_version=("17", "18")[i % 2],
         )
+        add(CORES, np.full(len(t), float(cores)))
+        add("PostgresServer_MemoryLimitBytes", np.full(len(t), cores * 8.0 * 2**30))
         limit = cores * 59.0 * 2**30
-        series.append(("PostgresServer_StorageLimitBytes", svc, {}, np.full(len(t), limit)))
+        add("PostgresServer_StorageLimitBytes", np.full(len(t), limit))
         busy = []
         for mode, share in zip(MODES[:-1], SHARE, strict=True):
-            part = cores * load * share * rng.uniform(0.8, 1.2, len(t))
-            busy.append(part)
-            series.append((CPU, svc, {"mode": mode}, counter(part, whole=False)))
+            busy.append(cores * load * share * rng.uniform(0.8, 1.2, len(t)))
+            add(CPU, counter(busy[-1], whole=False), mode=mode)
         idle = np.clip(cores - np.sum(busy, axis=0), 0, None)
-        series.append((CPU, svc, {"mode": "idle"}, counter(idle, whole=False)))
-        gauge = lambda v: np.round(v, 2)  # noqa: E731 - the API's two decimals
-        series.append(
-            (
-                "PostgresServer_MemoryUsedPercent",
-                svc,
-                {},
-                gauge(40 + 30 * load + rng.normal(0, 1, len(t))),
-            )
-        )
-        series.append(
-            (
-                "PostgresServer_MemoryCachePercent",
-                svc,
-                {},
-                gauge(20 + 10 * load + rng.normal(0, 0.5, len(t))),
-            )
-        )
+        add(CPU, counter(idle, whole=False), mode="idle")
+        add("PostgresServer_MemoryUsedPercent", np.round(40 + 30 * load + noise(1), 2))
+        add("PostgresServer_MemoryCachePercent", np.round(20 + 10 * load + noise(0.5), 2))
         inserts = rng.poisson(300 * load * 60)
         size = 2**28 * (1 + 4 * base) + np.cumsum(inserts * 180.0)
-        series.append(
-            ("PostgresServer_FilesystemUsedPercent", svc, {}, gauge((size + 2**30) / limit * 100))
-        )
+        add("PostgresServer_FilesystemUsedPercent", np.round((size + 2**30) / limit * 100, 2))
+        inserted = np.cumsum(inserts, dtype=np.float64)
+        inserted[restart:] -= inserted[restart - 1]
         for metric, rate in COUNTERS.items():
-            values = (
-                counter(rate * load) if metric != "PostgresServer_TuplesInserted_Total" else None
-            )
-            if values is None:
-                values = np.cumsum(inserts, dtype=np.float64)
-                values[restart:] -= values[restart - 1]
-            series.append((metric, svc, {}, values))
-        conns = np.maximum(0, np.round(30 * load + rng.normal(0, 2, len(t)) + t * base / 2000))
+            add(metric, inserted if metric == INSERTED else counter(rate * load))
+        conns = np.maximum(0, np.round(30 * load + noise(2) + t * base / 2000))
         for state, share in zip(STATES, (0.3, 0.6, 0.1), strict=True):
-            series.append(
-                ("PostgresServer_ActiveConnections", svc, {"state": state}, np.round(conns * share))
-            )
-        series.append(
-            (
-                "PostgresServer_CacheHitRatio",
-                svc,
-                {},
-                gauge(np.clip(99.5 - 3 * load + rng.normal(0, 0.3, len(t)), 0, 100)),
-            )
+            add("PostgresServer_ActiveConnections", np.round(conns * share), state=state)
+        add(
+            "PostgresServer_CacheHitRatio",
+            np.round(np.clip(99.5 - 3 * load + noise(0.3), 0, 100), 2),
         )
-        series.append(
-            (
-                "PostgresServer_DatabaseSizeBytes",
-                svc,
-                {"database": "postgres"},
-                np.full(len(t), 7_500_000.0),
-            )
-        )
-        series.append(
-            ("PostgresServer_DatabaseSizeBytes", svc, {"database": "app"}, np.round(size))
-        )
+        add("PostgresServer_DatabaseSizeBytes", np.full(len(t), 7_500_000.0), database="postgres")
+        add("PostgresServer_DatabaseSizeBytes", np.round(size), database="app")
     return stamps, series
 
 
@@ -202,11 +173,7 @@ def timed(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
 
 
 def _read(path: Path, metrics: list[str], columns: list[str]) -> pd.DataFrame:
-    frame = pd.read_parquet(path, columns=columns, filters=[("metric", "in", metrics)])
-    for col in frame.columns:
-        if isinstance(frame[col].dtype, pd.CategoricalDtype):
-            frame[col] = frame[col].cat.remove_unused_categories()
-    return frame
+    return pd.read_parquet(path, columns=columns, filters=[("metric", "in", metrics)])
 
 
 def _increases(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
