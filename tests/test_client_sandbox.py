@@ -43,15 +43,20 @@ def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pg(sandbox: Any) -> Iterator[Client]:
     with _connect(sandbox, Budget.unlimited()) as client:
         yield client
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def running(pg: Client) -> Iterator[str]:
-    """A running service, deleted afterwards."""
+    """One running service for the module's tests, deleted afterwards.
+
+    Shared, not one per test: each create waits for a real cluster. The tests
+    that use it only rename it, resize it, reset its password and read it, and
+    each checks what it set itself, so their order does not matter.
+    """
     svc = pg.create_service(name=_name("fixture"), region=REGION, size=SIZE)
     pg.wait(svc.id, progress=False, timeout=120)
     yield svc.id
