@@ -10,15 +10,18 @@ One code path for every backend. ``Store.open()`` picks, in order:
    and ``CLICKHOUSE_CLOUD_API_*``) and ``PGCLOUD_HISTORY_DATABASE``;
 4. embedded chDB in :func:`default_path`, beside the sandbox's home.
 
-A DSN is ``chdb:///abs/path`` (embedded), ``clickhouse://user:pass@host:9440/db``
-or ``https://user:pass@host:8443/db`` (a server, or ClickHouse Cloud). The
+A DSN is ``chdb:///abs/path`` (embedded), ``https://user:pass@host:8443/db`` (a
+server, or ClickHouse Cloud) or ``http://…:8123/db`` (no TLS); the scheme decides
+TLS, and ``clickhouse://`` is refused (:mod:`pgcloud_nb.collect.dsn`). The
 password never reaches a repr or an error: it is registered with
-:mod:`pgcloud_nb.redaction`, and the Store shows its DSN redacted.
+:mod:`pgcloud_nb.redaction`, and the Store shows its DSN redacted. The database
+name must be a plain identifier (it is spliced into every statement).
 
 chDB is one engine per process, on one folder: a second folder cannot be opened in
 the same process while a client on the first is open, and a second *process* cannot
 open a folder another holds (the engine locks it). ``open(wait=…)`` retries for that
-long while another process holds the folder, so a collector that holds the store
+long while another process holds the folder (embedded: 5 s unless told, then
+:class:`StoreBusyError`), so a collector that holds the store
 only for a round and a notebook that reads between rounds can take turns. Closing
 every Store releases the engine; the next open (even of another folder) works.
 
@@ -35,7 +38,6 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import clickhouse_connect
 import pandas as pd
@@ -43,12 +45,13 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from ..redaction import redact, remember_secret
+from ..errors import PgCloudError
+from . import dsn as dsn_settings
 from . import schema, sqlrates
 from .convert import long_frame, samples_table
 from .services import service_rows
 
-__all__ = ["DSN_ENV", "RAW_TTL", "ROLLUP_TTL", "Store", "default_path"]
+__all__ = ["DSN_ENV", "RAW_TTL", "ROLLUP_TTL", "Store", "StoreBusyError", "default_path"]
 
 DSN_ENV = "PGCLOUD_HISTORY_DSN"
 DATABASE_ENV = "PGCLOUD_HISTORY_DATABASE"
@@ -58,6 +61,11 @@ ROLLUP_TTL = timedelta(days=800)
 # Settings of every samples insert: the round id deduplicates the insert, and the
 # materialized views' inserts too, so a repeated round adds nothing to the rollups.
 _INSERT = {"deduplicate_blocks_in_dependent_materialized_views": 1}
+EMBEDDED_WAIT = 5.0  # longer than a collector's round holds the folder, usually
+
+
+class StoreBusyError(PgCloudError):
+    """Another process (usually the collector, for a round) holds the embedded folder."""
 
 
 def default_path() -> Path:
@@ -74,32 +82,7 @@ def default_path() -> Path:
 
 def _resolve(dsn: str | None) -> tuple[dict[str, Any], str | None, str]:
     """(get_client keyword arguments, database named by the settings, redacted DSN)."""
-    dsn = dsn or os.environ.get(DSN_ENV) or None
-    if dsn is None and (host := os.environ.get("CLICKHOUSE_HOST")):
-        secure = os.environ.get("CLICKHOUSE_SECURE", "true").lower() not in ("0", "false", "no")
-        password = os.environ.get("CLICKHOUSE_PASSWORD", "")
-        remember_secret(password)
-        kwargs: dict[str, Any] = {
-            "host": host,
-            "username": os.environ.get("CLICKHOUSE_USER", "default"),
-            "password": password,
-            "secure": secure,
-        }
-        if port := os.environ.get("CLICKHOUSE_PORT"):
-            kwargs["port"] = int(port)
-        return kwargs, None, f"{'https' if secure else 'http'}://{host}"
-    if dsn is None:
-        dsn = f"chdb://{default_path()}"
-    url = urlparse(dsn)
-    remember_secret(url.password)
-    if url.scheme == "chdb":
-        path = Path(url.path)
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if path.stat().st_uid == os.geteuid():
-            path.chmod(0o700)  # the history is the user's alone (threat model: shared machines)
-        return {"interface": "chdb", "path": str(path)}, None, dsn
-    database = url.path.strip("/").split("/")[0] or None
-    return {"dsn": dsn}, database, redact(dsn)
+    return dsn_settings.resolve(dsn, default_path())
 
 
 def _connect(kwargs: dict[str, Any], database: str, wait: float) -> Client:
@@ -116,8 +99,15 @@ def _connect(kwargs: dict[str, Any], database: str, wait: float) -> Client:
                 and "EmbeddedServer" in msg
                 and "already initialized" not in msg
             )
-            if not busy or time.monotonic() >= deadline:
+            if not busy:
                 raise
+            if time.monotonic() >= deadline:
+                raise StoreBusyError(
+                    f"another process holds the history folder {kwargs.get('path')} (the "
+                    f"collector holds it for a few seconds each round); waited {wait:g} s: "
+                    "retry, pass a longer wait=, or open the store per query "
+                    "(with Store.open(...) as store: ...)"
+                ) from exc
             time.sleep(0.2)
 
 
@@ -138,16 +128,21 @@ class Store:
         database: str | None = None,
         raw_ttl: timedelta = RAW_TTL,
         rollup_ttl: timedelta = ROLLUP_TTL,
-        wait: float = 0.0,
+        wait: float | None = None,
     ) -> Store:
         """Connect (see the module's docstring for where) and create the schema if missing.
 
         ``raw_ttl``/``rollup_ttl`` apply when the tables are created; change them
         later with :meth:`set_ttl`. ``wait``: seconds to retry while another process
-        holds an embedded folder.
+        holds an embedded folder (default 5 s; a server: none), then
+        :class:`StoreBusyError`. The database name must be a plain identifier.
         """
         kwargs, named, description = _resolve(dsn)
+        source = "database=" if database else "the DSN" if named else DATABASE_ENV
         db = database or named or os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE
+        dsn_settings.check_database(db, source)
+        if wait is None:
+            wait = EMBEDDED_WAIT if kwargs.get("interface") == "chdb" else 0.0
         boot = _connect(kwargs, "default", wait)
         try:
             for statement in schema.ddl(db, raw_ttl=raw_ttl, rollup_ttl=rollup_ttl):
