@@ -36,7 +36,9 @@ sandbox can run.
 ``lab`` starts the sandbox if needed and passes JupyterLab its home
 (``PGCLOUD_SANDBOX_HOME``, never its key: ``connect()`` reads that from the home)
 — unless a cloud API key is set in the environment or a ``.env`` (as ``connect()``
-would find it), which then wins; ``--sandbox`` forces the sandbox. It then runs
+would find it), which then wins; ``--sandbox`` forces the sandbox. The kernels are
+told which (``PGCLOUD_USE_SANDBOX=1``, or ``PGCLOUD_ENV_FILE`` with the ``.env``'s
+path), so their ``connect()`` does what ``lab`` said. It then runs
 ``jupyter lab`` in the repository's ``notebooks/`` folder if there is one, else in
 the current folder, with ``--allow-root`` as root. Arguments it does not know are
 passed on to jupyter. When jupyter exits, a sandbox that ``lab`` started is stopped
@@ -65,7 +67,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pgcloud_nb.__about__ import __version__
-from pgcloud_nb.lab import LAB_EPILOG, cloud_key, jupyter_argv, run_jupyter, run_lab
+from pgcloud_nb.credentials import ENV_FILE_VAR
+from pgcloud_nb.lab import LAB_EPILOG, cloud_env, jupyter_argv, run_jupyter, run_lab
 from pgcloud_nb.sandbox.errors import PgBinariesNotFound
 from pgcloud_nb.sandbox.launcher import Sandbox, SandboxInfo
 from pgcloud_nb.sandbox.postgres import binaries
@@ -351,12 +354,14 @@ def _lab(args: argparse.Namespace, sb: Sandbox, jupyter_args: list[str]) -> int:
              *([f"--ip={args.lab_ip}"] if args.lab_ip else []),
              *(["--no-browser"] if args.no_browser else [])]  # fmt: skip
     argv = jupyter_argv(flags, jupyter_args)
-    cloud = None if args.sandbox else cloud_key(where)
+    cloud = None if args.sandbox else cloud_env(os.environ, where)
     if cloud is not None:
         # A real key wins, as in connect(): never hide it behind the sandbox's.
-        print(f"cloud API key from {cloud.source}: the notebooks talk to {cloud.base_url} "
+        creds, env = cloud
+        origin = env[ENV_FILE_VAR] if creds.source == ".env" else "the environment"
+        print(f"cloud API key from {origin}: the notebooks talk to {creds.base_url} "
               "(--sandbox to use the sandbox instead)", file=sys.stderr)  # fmt: skip
-        return run_jupyter(jupyter, argv, dict(os.environ), where)
+        return run_jupyter(jupyter, argv, env, where)
     return run_lab(sb, jupyter, argv, where, run=run_jupyter)
 
 

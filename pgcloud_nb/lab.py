@@ -11,6 +11,12 @@ as ``sandbox``. A secret in a process environment is readable by every process o
 the user through ``/proc/<pid>/environ`` and is inherited by everything a notebook
 runs; ``pgcloud-nb sandbox env`` remains for a person who asks for the export.
 
+What lab says is what the kernels do, although they run in ``notebooks/`` and lab
+may have been started elsewhere: on the sandbox they also get ``PGCLOUD_USE_SANDBOX=1``
+(a ``.env`` beside the notebooks cannot take over), and on a ``.env`` found in lab's
+working folder they get ``PGCLOUD_ENV_FILE`` with its absolute path, the path and
+never the secret (:mod:`pgcloud_nb.credentials` honours both).
+
 As root, Jupyter refuses to start without ``--allow-root``. JupyterLab then runs as
 root, said on stderr, because everything it needs is root's: the repository checkout,
 the sandbox home (``/var/lib/pgcloud-nb/sandbox``, 0700) and the installed packages.
@@ -20,6 +26,7 @@ The PostgreSQL servers still run as the unprivileged ``postgres`` user.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shlex
 import signal
@@ -30,13 +37,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-from pgcloud_nb.credentials import ResolvedCredentials, resolve
+from pgcloud_nb.credentials import (
+    ENV_FILE_VAR,
+    USE_SANDBOX_VAR,
+    ResolvedCredentials,
+    resolve,
+    sandbox_forced,
+)
 from pgcloud_nb.errors import ConfigurationError
 
 __all__ = [
     "LAB_EPILOG",
     "SandboxLike",
-    "cloud_key",
+    "cloud_env",
     "jupyter_argv",
     "kernel_env",
     "run_jupyter",
@@ -51,12 +64,16 @@ _KEY_VARS = ("CLICKHOUSE_CLOUD_API_KEY", "CLICKHOUSE_CLOUD_API_SECRET")
 LAB_EPILOG = """\
 Any other argument goes to JupyterLab unchanged (jupyter lab --help-all lists them), e.g.
   pgcloud-nb lab --no-browser --port 8890
-  pgcloud-nb lab --ip 0.0.0.0 --IdentityProvider.token=SECRET
+To choose JupyterLab's token, set it in the environment (JUPYTER_TOKEN=...) or in
+jupyter_server_config.py (c.IdentityProvider.token), never as a flag: a command line
+is readable by every local user. To reach JupyterLab from another machine, prefer an
+SSH tunnel to its localhost port over --ip 0.0.0.0.
 As root, --allow-root is added (JupyterLab refuses root without it). When JupyterLab
 exits, the sandbox is stopped if lab started it.
 """
 
 _ROOT_FLAGS = ("--allow-root", "--ServerApp.allow_root=True", "--NotebookApp.allow_root=True")
+_IP_FLAGS = ("--ip", "--ServerApp.ip", "--NotebookApp.ip")
 
 
 class _Info(Protocol):
@@ -93,23 +110,65 @@ def jupyter_argv(
             "running as root, so JupyterLab runs as root too (--allow-root); the sandbox's "
             "PostgreSQL servers run as the 'postgres' user. Run as an ordinary user to avoid this."
         )
+    ip = listen_address(argv)
+    if root and ip is not None and not _loopback(ip):
+        say(
+            f"JupyterLab listens on {ip or 'every address'} and runs as root: whoever reaches "
+            "that address and gets its token runs code as root. Prefer --ip 127.0.0.1 with an "
+            "SSH tunnel, an ordinary user, and a token from JUPYTER_TOKEN or a config file."
+        )
     return argv
 
 
-def cloud_key(where: Path) -> ResolvedCredentials | None:
-    """The cloud key a notebook's connect() would find (environment, or a .env), if any."""
-    for env_file in dict.fromkeys((Path.cwd() / ".env", where / ".env")):
+def listen_address(argv: Sequence[str]) -> str | None:
+    """The address JupyterLab is told to listen on (the last one given wins), if any."""
+    found = None
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in _IP_FLAGS:
+            found = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+    return found
+
+
+def _loopback(ip: str) -> bool:
+    if ip.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(ip.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name (or "", "*": every address) may be reachable from outside
+
+
+def cloud_env(
+    environ: Mapping[str, str], where: Path
+) -> tuple[ResolvedCredentials, dict[str, str]] | None:
+    """A cloud key (environment, or a .env) and JupyterLab's environment for it, if any.
+
+    A .env is looked for in lab's working folder, then in ``where`` (unless
+    ``$PGCLOUD_ENV_FILE`` names one); the one found reaches the kernels as
+    ``PGCLOUD_ENV_FILE``, its absolute path, because they run in ``where``.
+    """
+    if sandbox_forced(environ):
+        return None
+    named = environ.get(ENV_FILE_VAR)
+    candidates = [Path(named)] if named else [Path.cwd() / ".env", where / ".env"]
+    for env_file in dict.fromkeys(p.expanduser().absolute() for p in candidates):
         try:
-            return resolve(env_file=env_file, sandbox=False)
+            creds = resolve(env_file=env_file, sandbox=False, environ=environ)
         except ConfigurationError:
             continue
+        env = dict(environ)
+        if creds.source == ".env":
+            env[ENV_FILE_VAR] = str(env_file)
+        return creds, env
     return None
 
 
 def kernel_env(environ: Mapping[str, str], home: Path) -> dict[str, str]:
-    """JupyterLab's environment: ours, without API keys, with the sandbox's home."""
-    env = {k: v for k, v in environ.items() if k not in _KEY_VARS}
+    """JupyterLab's environment: ours, without API keys, forced onto the sandbox's home."""
+    env = {k: v for k, v in environ.items() if k not in _KEY_VARS and k != ENV_FILE_VAR}
     env[HOME_VAR] = str(home)
+    env[USE_SANDBOX_VAR] = "1"
     return env
 
 

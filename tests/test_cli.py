@@ -192,6 +192,7 @@ def test_lab_passes_the_sandbox_home_not_its_key(
     info = seen[0]
     assert info is not None
     assert env["PGCLOUD_SANDBOX_HOME"] == str(home)
+    assert env["PGCLOUD_USE_SANDBOX"] == "1"  # a .env beside the notebooks cannot take over
     assert not {"CLICKHOUSE_CLOUD_API_KEY", "CLICKHOUSE_CLOUD_API_SECRET"} & set(env)
     assert _secret_free(env, info.key_secret)
     assert cwd == (cli.NOTEBOOKS if cli.NOTEBOOKS.is_dir() else Path.cwd())
@@ -281,7 +282,60 @@ def test_lab_keeps_a_real_cloud_key(
     assert calls[0]["CLICKHOUSE_CLOUD_API_KEY"] == "REALKEYID"
     assert Sandbox(home).status() is None  # no sandbox was started for it
 
-    # --sandbox: the real key is not passed on either, so the kernels' connect() uses the home.
+    # --sandbox: the real key is not passed on either, and the kernels are told to use the home.
     assert cli.main(["lab", "--home", str(home), "--sandbox"]) == 0
     assert "CLICKHOUSE_CLOUD_API_KEY" not in calls[1] and _secret_free(calls[1], "real-secret")
     assert calls[1]["PGCLOUD_SANDBOX_HOME"] == str(home)
+    assert calls[1]["PGCLOUD_USE_SANDBOX"] == "1"
+
+
+def test_lab_hands_the_kernels_the_dotenv_it_found(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A .env in lab's folder reaches kernels that run in notebooks/ as a path, not a secret."""
+    calls: list[tuple[dict[str, str], Path]] = []
+    monkeypatch.setattr(cli, "run_jupyter", lambda p, a, env, cwd: calls.append((env, cwd)) or 0)
+    for var in ("CLICKHOUSE_CLOUD_API_KEY", "CLICKHOUSE_CLOUD_API_SECRET", "PGCLOUD_ENV_FILE",
+                "PGCLOUD_USE_SANDBOX", "CLICKHOUSE_API_URL"):  # fmt: skip
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "CLICKHOUSE_CLOUD_API_KEY=DOTENVKEY\nCLICKHOUSE_CLOUD_API_SECRET=dotenv-secret\n"
+        "CLICKHOUSE_API_URL=https://api.example.invalid\n"
+    )
+    assert cli.main(["lab", "--home", str(tmp_path / "home")]) == 0
+    [(env, cwd)] = calls
+    assert env["PGCLOUD_ENV_FILE"] == str(tmp_path / ".env")
+    assert _secret_free(env, "dotenv-secret") and "PGCLOUD_USE_SANDBOX" not in env
+    assert f"from {tmp_path / '.env'}: the notebooks talk to https://api.example.invalid" in (
+        capsys.readouterr().err
+    )
+    # What a kernel does with it, in its own folder (notebooks/, or wherever jupyter runs).
+    elsewhere = tmp_path / "kernel"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    creds = resolve(sandbox=False, environ=env)
+    assert (creds.key_id, creds.base_url) == ("DOTENVKEY", "https://api.example.invalid")
+    assert cwd == (cli.NOTEBOOKS if cli.NOTEBOOKS.is_dir() else tmp_path)
+
+
+@pytest.mark.parametrize(("euid", "extra", "warned"), [
+    (0, ["--ip=0.0.0.0"], True), (0, ["--ServerApp.ip", "192.0.2.1"], True),
+    (0, ["--ip=127.0.0.1"], False), (0, ["--ip=localhost"], False), (0, ["--ip=::1"], False),
+    (0, [], False), (1000, ["--ip=0.0.0.0"], False),
+])  # fmt: skip
+def test_root_listening_beyond_loopback_is_warned(
+    euid: int, extra: list[str], warned: bool
+) -> None:
+    said: list[str] = []
+    jupyter_argv(["--allow-root"], extra, euid=euid, say=said.append)
+    assert any("runs as root" in line and "JUPYTER_TOKEN" in line for line in said) == warned
+
+
+def test_lab_help_suggests_no_token_on_the_command_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["lab", "--help"])
+    out = capsys.readouterr().out
+    assert "JUPYTER_TOKEN" in out and "token=" not in out and "--ip 0.0.0.0 --" not in out

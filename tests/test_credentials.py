@@ -21,6 +21,8 @@ VARS = (
     "CLICKHOUSE_CLOUD_API_SECRET",
     "CLICKHOUSE_ORG_ID",
     "CLICKHOUSE_API_URL",
+    "PGCLOUD_ENV_FILE",
+    "PGCLOUD_USE_SANDBOX",
 )
 
 
@@ -131,6 +133,44 @@ def test_sandbox_true_ignores_keys(
     monkeypatch.setenv("CLICKHOUSE_CLOUD_API_KEY", "env-key")
     monkeypatch.setenv("CLICKHOUSE_CLOUD_API_SECRET", "env-secret")
     assert resolve(sandbox=True).source == "sandbox"
+
+
+def test_env_file_variable_names_the_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``pgcloud-nb lab`` hands a kernel that runs in another folder than its .env."""
+    (tmp_path / ".env").write_text(
+        "CLICKHOUSE_CLOUD_API_KEY=here-key\nCLICKHOUSE_CLOUD_API_SECRET=here-secret\n"
+    )
+    named = tmp_path / "elsewhere" / "lab.env"
+    named.parent.mkdir()
+    named.write_text("CLICKHOUSE_CLOUD_API_KEY=named-key\nCLICKHOUSE_CLOUD_API_SECRET=named-sec\n")
+    monkeypatch.setenv("PGCLOUD_ENV_FILE", str(named))
+    assert (resolve().key_id, resolve().source) == ("named-key", ".env")
+    client = pgcloud_nb.connect(org_id="o")  # connect()'s default .env is replaced too
+    assert (client.key_id, client.source) == ("named-key", ".env")
+    client.close()
+    assert resolve(env_file=tmp_path / ".env").key_id == "here-key"  # an explicit file wins
+    monkeypatch.setenv("CLICKHOUSE_CLOUD_API_KEY", "env-key")
+    monkeypatch.setenv("CLICKHOUSE_CLOUD_API_SECRET", "env-secret")
+    assert resolve().key_id == "env-key"  # the environment still comes first
+
+
+def test_use_sandbox_variable_skips_environment_and_dotenv(
+    fake_sandbox: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pgcloud-nb lab --sandbox``: a .env beside the notebooks must not take over."""
+    (tmp_path / ".env").write_text(
+        "CLICKHOUSE_CLOUD_API_KEY=file-key\nCLICKHOUSE_CLOUD_API_SECRET=file-secret\n"
+    )
+    monkeypatch.setenv("CLICKHOUSE_CLOUD_API_KEY", "env-key")
+    monkeypatch.setenv("CLICKHOUSE_CLOUD_API_SECRET", "env-secret")
+    monkeypatch.setenv("PGCLOUD_USE_SANDBOX", "1")
+    assert (resolve().source, resolve().key_id) == ("sandbox", "sb-key")
+    assert resolve("arg-key", "arg-secret").source == "arguments"  # a key in the call is meant
+    assert resolve(sandbox=False).source == "environment"  # as is sandbox=False
+    monkeypatch.setenv("PGCLOUD_USE_SANDBOX", "0")
+    assert resolve().source == "environment"
 
 
 def _orgs_transport(orgs: list[dict[str, str]]) -> httpx.MockTransport:
