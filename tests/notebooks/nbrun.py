@@ -31,6 +31,7 @@ NOTEBOOKS = (
     "03-config-tuning.ipynb",
     "04-metrics-live-charts.ipynb",
     "05-fleet-analysis.ipynb",
+    "06-fleet-history.ipynb",
 )
 CHECK_TAG = "nbval-check-output"
 EXPECTED = HERE / "expected.json"

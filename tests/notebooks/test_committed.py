@@ -1,4 +1,4 @@
-"""The notebooks as committed: the five of notebooks/, valid, without outputs, nbval tags.
+"""The notebooks as committed: each of notebooks/, listed in nbrun, valid, output-free, tagged.
 
 No kernel, no sandbox: these checks take a moment and catch a notebook saved with its
 outputs (which could hold a password), a checked cell without an expected output, or a
@@ -14,7 +14,7 @@ import nbrun
 import pytest
 
 
-def test_the_notebooks_are_the_five_of_the_issue() -> None:
+def test_every_notebook_in_the_folder_is_listed_in_nbrun() -> None:
     found = sorted(p.name for p in nbrun.NOTEBOOK_DIR.glob("*.ipynb"))
     assert found == list(nbrun.NOTEBOOKS)
 
