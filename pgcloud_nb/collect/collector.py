@@ -42,12 +42,11 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import pandas as pd
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from ..errors import APIError, AuthenticationError, PermissionDeniedError, PgCloudError
 from ..frames import metrics_frame
@@ -55,6 +54,7 @@ from ..metrics import ORG_PROMETHEUS_LIMIT, concat_scrapes, parse_prometheus
 from ..ratelimit import Budget, RetryPolicy
 from ..redaction import redact
 from .backfill import Debt, backfill_frame, edge_values, windows
+from .report import Client, RoundReport, RoundSkipped, Store
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -74,10 +74,6 @@ WINDOW = 10.0  # the API's rate-limit window, seconds (docs/api-behaviour.md §2
 MAX_BACKOFF = 600.0  # a dead API is asked again at least every 10 minutes
 
 
-class RoundSkipped(Exception):
-    """A round that could not run for a local reason (the store busy): not an outage."""
-
-
 def collector_budget(reserve: int = DEFAULT_RESERVE) -> Budget:
     """The collector's own budget: ``reserve`` requests in any 10 s window."""
     return Budget(reserve, WINDOW)
@@ -86,60 +82,6 @@ def collector_budget(reserve: int = DEFAULT_RESERVE) -> Budget:
 def collector_retry(interval: float) -> RetryPolicy:
     """Give up on a call within about an interval: the next round asks again anyway."""
     return RetryPolicy(deadline=max(10.0, min(60.0, interval)), max_attempts=4)
-
-
-class Store(Protocol):
-    """What the collector needs of :class:`pgcloud_nb.collect.store.Store`."""
-
-    def insert_scrape(
-        self, frame: pd.DataFrame, *, round_id: str, backfilled: bool = False
-    ) -> int: ...
-
-    def record_services(self, services: Sequence[Any], *, at: datetime) -> None: ...
-
-    def last_sample_at(self) -> dict[str, pd.Timestamp]: ...
-
-    def query(self, sql: str, parameters: Any = None) -> pd.DataFrame: ...
-
-
-class Client(Protocol):
-    """The calls a round makes (a :class:`pgcloud_nb.Client` has them)."""
-
-    org_id: str
-
-    @property
-    def request_count(self) -> int: ...
-
-    @property
-    def budget(self) -> Budget: ...
-
-    def list_services(self) -> Sequence[Any]: ...
-
-    def prometheus(self, service_id: str | None = None) -> str: ...
-
-    def metrics(
-        self, service_id: str, *, from_date: Any, to_date: Any, bucket_size_seconds: int | None
-    ) -> Any: ...
-
-
-@dataclass
-class RoundReport:
-    """What one round did; ``samples`` is 0 when the store already held the round."""
-
-    round_id: str
-    at: pd.Timestamp
-    services: int
-    samples: int
-    requests: int
-    allowance: int
-    scraped_apart: int  # per-service scrapes of services past the org endpoint's 100
-    deferred: int  # services past 100 left for a later round
-    backfilled: int  # samples rebuilt from /metrics this round
-    debts: int  # gaps still owed after the round
-    rate_limited: int  # 429s the client absorbed during the round
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "at": self.at.isoformat()}
 
 
 class Collector:
@@ -160,20 +102,24 @@ class Collector:
         debts: Iterable[Debt] = (),
         on_round: Callable[[Collector, RoundReport], None] | None = None,
         on_outage: Callable[[Collector], None] | None = None,
+        on_debts: Callable[[Collector], None] | None = None,
         clock: Callable[[], float] = time.time,
         rate_limited: Callable[[], int] | None = None,
     ) -> None:
-        if interval <= 0 or reserve < 1:
+        if not (math.isfinite(interval) and interval > 0) or reserve < 1:
             raise ValueError("the collector needs interval > 0 and reserve >= 1")
         self.client, self.store = client, store
         self.interval, self.reserve, self.max_reserve = float(interval), reserve, reserve
         self.debts: list[Debt] = list(debts)
-        self.on_round, self.on_outage = on_round, on_outage
+        self.on_round, self.on_outage, self.on_debts = on_round, on_outage, on_debts
         self.clock = clock
         self._rate_limited = rate_limited or (lambda: 0)
         self.rounds = 0
         self.last: RoundReport | None = None
         self.outage_since: float | None = None
+        self.skipped = 0  # rounds skipped because the store was busy
+        self._skipping = False  # in a stretch of skipped rounds (warned once per stretch)
+        self._stop: threading.Event | None = None  # run()'s: a round ends early when set
         self._last_ok: float | None = None  # wall time of the last stored round
         self._scraped_at: dict[str, float] = {}  # per-service scrapes: when, for the rotation
         self._edges: dict[str, tuple[pd.Timestamp, dict[str, float]]] = {}
@@ -210,9 +156,13 @@ class Collector:
         scrapes = [parse_prometheus(self.client.prometheus(), timestamp=at)]
         apart, deferred = self._scrape_apart(services, scrapes, at, start_count + allowance)
         frame = concat_scrapes(scrapes)
+        # The gaps are owed (and saved, on_debts) before the samples are stored: once
+        # stored, last_sample_at() no longer shows the gap, so a kill -9 in between
+        # would lose it for good.
+        if self._owe(frame, before, at) and self.on_debts is not None:
+            self.on_debts(self)
         samples = self.store.insert_scrape(frame, round_id=round_id)
         self._last_ok = now
-        self._owe(frame, before, at)
         backfilled = self._pay(start_count + allowance)
 
         limited = self._rate_limited() - start_429
@@ -247,7 +197,7 @@ class Collector:
         left.sort(key=lambda sid: self._scraped_at.get(sid, 0.0))
         done = 0
         for sid in left:
-            if self.client.request_count >= limit:
+            if self.client.request_count >= limit or self.stopping:
                 break
             try:
                 scrapes.append(parse_prometheus(self.client.prometheus(sid), timestamp=at))
@@ -260,8 +210,16 @@ class Collector:
 
     # -- gaps ----------------------------------------------------------------------------
 
-    def _owe(self, frame: pd.DataFrame, before: dict[str, pd.Timestamp], at: pd.Timestamp) -> None:
-        """Record a gap for each service whose previous sample is more than 1.5 rounds old."""
+    @property
+    def stopping(self) -> bool:
+        """Whether run() was asked to stop: a round ends after its request in course."""
+        return self._stop is not None and self._stop.is_set()
+
+    def _owe(self, frame: pd.DataFrame, before: dict[str, pd.Timestamp], at: pd.Timestamp) -> int:
+        """Record a gap for each service whose previous sample is more than 1.5 rounds old;
+        returns how many. A gap owed already from the same sample (its round's samples
+        were not stored) is replaced by the longer one."""
+        added = 0
         edges = edge_values(frame)
         names = frame.groupby("service_id", observed=True)["service_name"].first()
         least = pd.Timedelta(seconds=1.5 * self.interval)
@@ -273,8 +231,15 @@ class Collector:
             if prior is None:  # a restart: the values before the gap are in the store
                 prior = self._values_at(sid, last)
             name = str(names.get(sid, "")) if sid in names.index else ""
+            self.debts = [
+                d
+                for d in self.debts
+                if not (d.service_id == sid and d.cursor is None and abs(d.start - last) < _MS)
+            ]
             self.debts.append(Debt(sid, name, last, at, dict(prior), edges[sid]))
+            added += 1
         self._edges = {sid: (at, values) for sid, values in edges.items()}
+        return added
 
     def _values_at(self, service_id: str, at: pd.Timestamp) -> dict[str, float]:
         """Counters and static gauges of one service's sample at ``at``, from the store."""
@@ -296,7 +261,7 @@ class Collector:
     def _pay(self, limit: int) -> int:
         """Backfill owed windows, oldest gap first, while the round's allowance lasts."""
         filled = 0
-        while self.debts and self.client.request_count < limit:
+        while self.debts and self.client.request_count < limit and not self.stopping:
             debt = self.debts[0]
             todo = windows(debt, self.interval)
             if not todo:
@@ -344,11 +309,12 @@ class Collector:
     ) -> None:
         """Rounds on the interval's slots until ``stop`` is set (or ``rounds`` were tried).
 
-        The first round runs at once. API failures start an outage: one log line,
-        then retries with doubling waits (jittered, at most :data:`MAX_BACKOFF`).
+        The first round runs at once. API, store or parse failures start an outage:
+        one log line, then retries with doubling waits (jittered, at most
+        :data:`MAX_BACKOFF`). A busy store skips the slot (one warning per stretch).
         A refused key (401/403) ends the run: it will not heal by waiting.
         """
-        stop = stop or threading.Event()
+        stop = self._stop = stop or threading.Event()
         rng = rng or random.Random()
         failures = tried = 0
         while not stop.is_set() and (rounds is None or tried < rounds):
@@ -359,25 +325,41 @@ class Collector:
                 log.error("the API refused the collector's key; stopping")
                 raise
             except RoundSkipped as e:
-                log.debug("round skipped: %s", e)
+                self._skipped(e)
                 stop.wait(max(0.0, self.slot(self.clock()) + self.interval - self.clock()))
                 continue
-            except PgCloudError as e:
+            except (PgCloudError, ClickHouseError, OSError, ValueError) as e:
+                # The API, the store (a server's blip, a full disk) or an odd exposition:
+                # all are waited out the same way, one log line per outage.
                 failures += 1
                 if self.outage_since is None:
                     self.outage_since = self.clock()
+                    what = "API unavailable" if isinstance(e, PgCloudError) else "round failed"
                     log.warning(
-                        "API unavailable (%s); retrying with backoff until it answers",
-                        redact(_summary(e)),
+                        "%s (%s); retrying with backoff until it works", what, redact(_summary(e))
                     )
                     if self.on_outage is not None:
                         self.on_outage(self)
                 wait = min(MAX_BACKOFF, self.interval * 2 ** min(failures, 16))
                 stop.wait(wait * rng.uniform(0.5, 1.0))
                 continue
-            failures, self.outage_since = 0, None
+            failures, self.outage_since, self._skipping = 0, None, False
             if rounds is None or tried < rounds:
                 stop.wait(max(0.0, self.slot(self.clock()) + self.interval - self.clock()))
+
+    def _skipped(self, e: RoundSkipped) -> None:
+        self.skipped += 1
+        if not self._skipping:
+            self._skipping = True
+            log.warning(
+                "round skipped: %s; rounds are skipped until it is free (a notebook "
+                "holding the embedded store open stops the collector)",
+                e,
+            )
+        else:
+            log.debug("round skipped: %s", e)
+        if self.on_outage is not None:
+            self.on_outage(self)  # the state file shows the count
 
 
 _MS = pd.Timedelta(milliseconds=1)
@@ -387,7 +369,7 @@ def _field(item: Any, name: str) -> Any:
     return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
 
 
-def _summary(e: PgCloudError) -> str:
+def _summary(e: Exception) -> str:
     status = getattr(e, "status", None)
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     return f"{type(e).__name__}{f' {status}' if status else ''}: {text[:160]}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -40,6 +41,7 @@ from ..errors import ConfigurationError, PgCloudError
 from ..ratelimit import budget_for
 from . import process
 from .collector import DEFAULT_INTERVAL, DEFAULT_RESERVE
+from .dsn import secret_in
 
 __all__ = ["build_parser", "main", "start", "status", "stop"]
 
@@ -47,9 +49,20 @@ INTERVAL_ENV = "PGCLOUD_COLLECT_INTERVAL"
 EXIT_FAILED, EXIT_NOT_RUNNING = 1, 3
 
 
-def _interval(interval: float | None) -> float:
-    value = interval if interval is not None else os.environ.get(INTERVAL_ENV)
-    return float(value) if value is not None else DEFAULT_INTERVAL
+def _interval(interval: float | str | None) -> float:
+    """The interval asked for (``--interval``/``interval=``, else the variable), checked."""
+    source, value = "--interval", interval
+    if value is None:
+        source, value = INTERVAL_ENV, os.environ.get(INTERVAL_ENV)
+    if value is None:
+        return DEFAULT_INTERVAL
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigurationError(f"{source}={value!r}: the interval must be seconds above 0")
+    return seconds
 
 
 def start(
@@ -87,8 +100,10 @@ def status(home: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
     return process.read_status(_home(home))
 
 
-def stop(home: str | os.PathLike[str] | None = None, timeout: float = 30.0) -> bool:
-    """Stop the collector of ``home`` after its round in course; True if one ran."""
+def stop(home: str | os.PathLike[str] | None = None, timeout: float | None = None) -> bool:
+    """Stop the collector of ``home`` after its request in course; True if one ran.
+
+    ``timeout``: seconds before it is killed (default: that request's worst case)."""
     return process.stop(_home(home), timeout)
 
 
@@ -119,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     home.add_argument("--home", type=Path, help="the collector's folder (lock, state, log)")
     knobs = argparse.ArgumentParser(add_help=False)
     knobs.add_argument("--dsn", help="the store (default: $PGCLOUD_HISTORY_DSN, else embedded)")
-    knobs.add_argument("--interval", type=float, metavar="S", help="seconds between rounds")
+    knobs.add_argument("--interval", metavar="S", help="seconds between rounds")
     knobs.add_argument(
         "--reserve",
         type=int,
@@ -144,9 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "interval", None) is not None and args.interval <= 0:
-        print("pgcloud-nb collect: error: --interval must be above 0", file=sys.stderr)
-        return 2
+    if args.action in ("run", "start"):
+        try:  # bad usage: exit 2, as argparse's own errors
+            args.interval = _interval(args.interval)
+        except ConfigurationError as e:
+            print(f"pgcloud-nb collect: error: {e}", file=sys.stderr)
+            return 2
+        if secret_in(args.dsn):
+            print(
+                "pgcloud-nb collect: warning: --dsn carries a password, which other users "
+                "can read in the process list; set it in CLICKHOUSE_PASSWORD (with "
+                "CLICKHOUSE_HOST...) or PGCLOUD_HISTORY_DSN instead",
+                file=sys.stderr,
+            )
     try:
         return _dispatch(args)
     except (PgCloudError, RuntimeError, OSError) as e:
@@ -173,7 +198,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "key_secret": creds.key_secret.get_secret_value(),
         "org_id": creds.org_id or _only_org(creds),
         "dsn": args.dsn,
-        "interval": _interval(args.interval),
+        "interval": args.interval,
         "reserve": args.reserve,
     }
     if args.action == "start":
@@ -215,6 +240,10 @@ def _describe(state: dict[str, Any]) -> str:
         f"{last.get('requests', 0)} requests",
         f"gaps owed: {len(state.get('debts') or [])}",
     ]
+    if state.get("skipped"):
+        lines.append(
+            f"skipped:  {state['skipped']} rounds, the store busy (a notebook holding it open?)"
+        )
     if state.get("outage_since"):
         lines.append(f"outage since {state['outage_since']}: the API does not answer")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote, urlparse
 from ..errors import ConfigurationError
 from ..redaction import redact, remember_secret
 
-__all__ = ["check_database", "private_folder", "resolve", "secret_in"]
+__all__ = ["check_database", "effective", "private_folder", "resolve", "secret_in"]
 
 # What goes between backticks in every statement: no escaping needed, none attempted.
 _DATABASE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -122,3 +122,22 @@ def resolve(dsn: str | None, default: Path) -> tuple[dict[str, Any], str | None,
         check_database(database, "the DSN's path")
     kwargs = {"dsn": dsn, "interface": url.scheme, "secure": url.scheme == "https"}
     return kwargs, database, shown
+
+
+def effective(dsn: str | None, default: Path) -> str:
+    """The DSN the settings name: ``dsn``, ``$PGCLOUD_HISTORY_DSN``, one built from
+    ``CLICKHOUSE_*``, else the embedded ``default``. A background collector gets this
+    through its config pipe, so its environment need not carry a password."""
+    if dsn or (dsn := os.environ.get("PGCLOUD_HISTORY_DSN")):
+        return dsn
+    if host := os.environ.get("CLICKHOUSE_HOST"):
+        secure = os.environ.get("CLICKHOUSE_SECURE", "true").lower() not in ("0", "false", "no")
+        user = quote(os.environ.get("CLICKHOUSE_USER", "default"), safe="")
+        password = os.environ.get("CLICKHOUSE_PASSWORD", "")
+        remember_secret(password)
+        remember_secret(quote(password, safe=""))
+        auth = f"{user}:{quote(password, safe='')}" if password else user
+        port = os.environ.get("CLICKHOUSE_PORT")
+        at = f"{host}:{_port(port, 'CLICKHOUSE_PORT')}" if port else host
+        return f"{'https' if secure else 'http'}://{auth}@{at}"
+    return "chdb://" + quote(str(default))

@@ -123,9 +123,11 @@ def test_background_process_survives_kill_9_and_backfills_the_gap(
     sandbox: SandboxInfo,
     tmp_path: Path,
     figures: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     home, history = tmp_path / "collector", tmp_path / "history"
     dsn = f"chdb://{history}"
+    monkeypatch.setenv("CLICKHOUSE_PASSWORD", "store-pw-not-for-the-child")
     state = collect.start(
         pg, dsn=dsn, interval=INTERVAL, reserve=10, home=home, api_secret=sandbox.key_secret
     )
@@ -133,7 +135,8 @@ def test_background_process_survives_kill_9_and_backfills_the_gap(
     try:
         # the secret never travels in argv or the environment, nor reaches the log
         for name in ("cmdline", "environ"):
-            assert sandbox.key_secret.encode() not in Path(f"/proc/{pid}/{name}").read_bytes()
+            seen = Path(f"/proc/{pid}/{name}").read_bytes()
+            assert sandbox.key_secret.encode() not in seen and b"store-pw" not in seen
         _wait_rounds(home, 3)
         os.kill(pid, signal.SIGKILL)
         while collect.status(home) is not None:
