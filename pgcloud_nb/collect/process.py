@@ -96,7 +96,7 @@ def spawn(home: Path, config: dict[str, Any], *, timeout: float = 60.0) -> Colle
     collector already running with other settings is a ConfigurationError.
     """
     config = {**config, "dsn": effective(config.get("dsn"), default_path())}
-    if (running := read_status(home)) is not None:
+    if (running := _settled(home, read_status(home), timeout)) is not None:
         return _same(running, config)
     private_folder(home, "the collector's home")
     log = home / LOG
@@ -131,11 +131,22 @@ def spawn(home: Path, config: dict[str, Any], *, timeout: float = 60.0) -> Colle
         if state is not None and ours and (state.get("rounds") or state.get("outage_since")):
             return state
         if (code := proc.poll()) is not None:
-            if code == EXIT_LOCKED and (state := read_status(home)) is not None:
+            if code == EXIT_LOCKED and (state := _settled(home, read_status(home), 30)):
                 return _same(state, config)  # a concurrent start won
             raise RuntimeError(f"the collector exited with code {code}" + _tail(log))
         time.sleep(0.1)
     raise RuntimeError(f"the collector made no round within {timeout:g} s" + _tail(log))
+
+
+def _settled(home: Path, state: CollectorStatus | None, timeout: float) -> CollectorStatus | None:
+    """``state`` once the running collector wrote its own (a booting one shows the last's)."""
+    deadline = time.monotonic() + timeout
+    while state is not None and state.get("started_by") != state["pid"]:
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+        state = read_status(home)
+    return state
 
 
 def _dsn_sha(dsn: str) -> str:
