@@ -116,7 +116,7 @@ class Store:
 
     def __init__(self, client: Client, database: str, *, description: str) -> None:
         self.client = client
-        self.database = database
+        self.database = dsn_settings.check_database(database, "Store()")  # spliced into SQL
         self.description = description
         self._types: dict[str, str] | None = None
 
