@@ -13,6 +13,6 @@ from __future__ import annotations
 
 from .collector import Collector, RoundReport
 from .command import start, status, stop
-from .store import Store
+from .store import Store, StoreBusyError
 
-__all__ = ["Collector", "RoundReport", "Store", "start", "status", "stop"]
+__all__ = ["Collector", "RoundReport", "Store", "StoreBusyError", "start", "status", "stop"]
