@@ -322,17 +322,23 @@ def test_credentials_file_is_private(sandbox: SandboxInfo) -> None:
 
 def test_metrics_history(api: httpx.Client, service: dict[str, Any]) -> None:
     sid = service["id"]
-    time.sleep(5)  # the sandbox samples every 2 s in tests
-    now = time.time()
-    params = {
-        "from_date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 120)),
-        "to_date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 60)),
-        "bucket_size_seconds": "5",
-    }
-    metrics = result(api.get(f"/postgres/{sid}/metrics", params=params))["metrics"]
+    # The sandbox samples every 2 s in tests: ask until a sample is there (a fixed 5 s
+    # wait took 5 s every run), for at most a minute.
+    deadline = time.monotonic() + 60
+    while True:
+        now = time.time()
+        params = {
+            "from_date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 120)),
+            "to_date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 60)),
+            "bucket_size_seconds": "5",
+        }
+        metrics = result(api.get(f"/postgres/{sid}/metrics", params=params))["metrics"]
+        if any(s["dataPoints"] for m in metrics for s in m["series"]):
+            break
+        assert time.monotonic() < deadline, "no sample within a minute"
+        time.sleep(0.2)
     keys = {m["key"] for m in metrics}
     assert {"cpu_usage", "connection_count", "cache_hit_ratio"} <= keys
-    assert any(s["dataPoints"] for m in metrics for s in m["series"])
 
 
 def test_nothing_lost_across_kill_9(tmp_path: Path) -> None:
