@@ -138,8 +138,11 @@ def set_theme(lab: Any, theme: str) -> None:
 # real PNG, or ipympl's canvas)? The fleet table: how many rows? Error panels that show.
 _AFTER_RUN_ALL = """() => {
   const shown = el => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 8; };
-  const views = [...document.querySelectorAll(
-    ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.widget-view+json']")];
+  // JupyterLab 4.6 no longer marks a widget's output with its MIME type: find the output
+  // areas that hold a widget view (ipywidgets 8 gives every view the jupyter-widgets class).
+  const views = [...document.querySelectorAll(".jp-OutputArea-output")].filter(o =>
+    o.matches("[data-mime-type='application/vnd.jupyter.widget-view+json']") ||
+    o.matches(".jupyter-widgets") || o.querySelector(".jupyter-widgets") !== null);
   const filled = views.filter(v => shown(v) && (v.innerText.trim() !== "" ||
     v.querySelector("img, canvas, input, select, textarea, svg") !== null));
   const charts = [...document.querySelectorAll(".pgcloud-live-chart")].map(c => {
