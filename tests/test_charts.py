@@ -462,8 +462,15 @@ def test_a_zoom_is_kept_until_follow_or_home() -> None:
 
 def test_interactive_none_picks_ipympl_when_installed() -> None:
     source, _ = synthetic()
-    chart = LiveChart(source=source)
+    chart = LiveChart(source=source, interactive=None)
     assert isinstance(chart.view, InteractiveView)
+    chart.close()
+
+
+def test_png_frames_are_the_default() -> None:
+    source, _ = synthetic()
+    chart = LiveChart(source=source)
+    assert isinstance(chart.view, PngView)
     chart.close()
 
 

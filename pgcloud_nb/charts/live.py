@@ -51,9 +51,11 @@ class LiveChart(widgets.VBox):
     whose labels match (``{"state": "active"}``). ``interval``: seconds between
     scrapes (default: 60 s, or 2 s on a sandbox). ``window``: seconds of
     history shown and kept. ``interactive``: ipympl's canvas with zoom, pan and
-    hover values (``True``), PNG frames (``False``), or ipympl when installed
-    (``None``). ``source`` replaces the API with a callable returning
-    Prometheus text or a long frame (tests and benchmarks).
+    hover values (``True``), or PNG frames (``False``, the default: ipympl's
+    canvas painted nothing in JupyterLab 4.6 in the browser test, so it is opt-in
+    until it does; ``None`` picks ipympl when installed). ``source`` replaces
+    the API with a callable returning Prometheus text or a long frame (tests
+    and benchmarks).
 
     ``redraws`` counts redraws (also shown in the status line); ``history``
     holds the data; ``lines`` maps (metric, service id, (name, labels…)) to
@@ -69,7 +71,7 @@ class LiveChart(widgets.VBox):
         where: Mapping[str, str] | None = None,
         interval: float | None = None,
         window: float = 600.0,
-        interactive: bool | None = None,
+        interactive: bool | None = False,
         source: Callable[[], Scrape] | None = None,
         autostart: bool = True,
         figsize: tuple[float, float] = (9.0, 2.4),
