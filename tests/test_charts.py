@@ -7,6 +7,7 @@ canvas built headless, its browser side played by sending the messages the brows
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import io
 import uuid
@@ -403,8 +404,13 @@ def test_interactive_chart_is_ipympls_canvas_and_draws_on_request() -> None:
     )
     chart.update()
     chart.update()
-    # no browser has shown it yet: every redraw is rendered into the widget's saved state
-    assert chart.view.widget._data_url and any(m.get("buffers") for m in sent)
+    # no browser has shown it yet: every redraw is rendered into the widget's saved state,
+    # as a data URL the browser's <img> can load, and no frame is sent (before
+    # 'initialized' ipympl would send raw RGBA as the PNG: a broken image, a 0x0 canvas)
+    url = chart.view.widget._data_url
+    assert url.startswith("data:image/png;base64,")
+    assert base64.b64decode(url.split(",", 1)[1]).startswith(b"\x89PNG")
+    assert not any(m.get("buffers") for m in sent)
     browser_says(chart, {"type": "initialized"})
     sent.clear()
     chart.update()  # now a redraw only asks the browser to ask for a frame

@@ -51,9 +51,10 @@ class LiveChart(widgets.VBox):
     whose labels match (``{"state": "active"}``). ``interval``: seconds between
     scrapes (default: 60 s, or 2 s on a sandbox). ``window``: seconds of
     history shown and kept. ``interactive``: ipympl's canvas with zoom, pan and
-    hover values (``True``), or PNG frames (``False``, the default: ipympl's
-    canvas painted nothing in JupyterLab 4.6 in the browser test, so it is opt-in
-    until it does; ``None`` picks ipympl when installed). ``source`` replaces
+    hover values (``True``), or PNG frames (``False``, the default: they need
+    nothing but ipywidgets; ipympl's canvas paints in JupyterLab 4.6 since its
+    first frame is no longer sent before the browser is ready; ``None`` picks
+    ipympl when installed). ``source`` replaces
     the API with a callable returning Prometheus text or a long frame (tests
     and benchmarks).
 

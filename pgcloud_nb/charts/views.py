@@ -18,6 +18,7 @@ by the inline backend, closed after any cell that plots, and kept in
 
 from __future__ import annotations
 
+import base64
 import importlib
 import importlib.util
 import io
@@ -69,17 +70,19 @@ class PngView:
 
     def show(self) -> None:
         self.canvas.draw()
-        # Encode the buffer just rendered (savefig would render the figure a second time).
-        width, height = self.canvas.get_width_height(physical=True)
-        img = Image.frombuffer(
-            "RGBA", (width, height), self.canvas.buffer_rgba(), "raw", "RGBA", 0, 1
-        )
-        out = io.BytesIO()
-        img.save(out, format="png", compress_level=1)
-        self.widget.value = out.getvalue()
+        self.widget.value = _png(self.canvas)
 
     def close(self) -> None:
         self.widget.close()
+
+
+def _png(canvas: FigureCanvasAgg) -> bytes:
+    """The buffer just rendered, as PNG (savefig would render the figure a second time)."""
+    width, height = canvas.get_width_height(physical=True)
+    img = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+    out = io.BytesIO()
+    img.save(out, format="png", compress_level=1)
+    return out.getvalue()
 
 
 class InteractiveView:
@@ -115,9 +118,16 @@ class InteractiveView:
 
     def show(self) -> None:
         if self.canvas.syncing_data_url:
-            # No browser has shown the canvas yet: render now, which also stores the
-            # frame in the widget's state (what a saved or headless notebook shows).
-            self.canvas.draw()
+            # No browser has shown the canvas yet: render now and store the frame in the
+            # widget's state (what a saved or headless notebook shows). Not through
+            # ipympl's draw(): until the browser says 'initialized' it sends the raw
+            # RGBA buffer, not a PNG, as the frame, and stores base64 without its
+            # "data:" scheme. The browser loads either into its image, the image is
+            # broken, and the drawImage on 'resize' throws before the canvas is sized:
+            # a 0x0 canvas that never paints. Agg alone renders without sending.
+            FigureCanvasAgg.draw(self.canvas)
+            encoded = base64.b64encode(_png(self.canvas)).decode("ascii")
+            self.canvas._data_url = f"data:image/png;base64,{encoded}"
         else:
             self.canvas.draw_idle()  # the browser asks for the frame when it can paint it
 
