@@ -99,7 +99,7 @@ def _dark_checks(page: Any, name: str, artifacts: Path, figures: dict[str, str])
                     ".pgcloud-config-editor .widget-html-content", has_text="abc"
                 ).count()
             ),
-            15,
+            60,  # the check runs as a job on the kernel: on a loaded machine it took over 15 s
         )
         _shot(page, ".pgcloud-config-editor", artifacts / f"notebook-{stem}-dark-error.png")
     count, low = low_contrast(page, READABLE)
