@@ -33,6 +33,7 @@ __all__ = [
     "enum_values",
     "load",
     "pg_config_keys",
+    "resolved",
     "schema",
     "validate_body",
 ]
@@ -108,7 +109,8 @@ def _validator(name: str) -> jsonschema.Draft202012Validator:
     return validator
 
 
-def _resolved(name: str) -> dict[str, Any]:
+def resolved(name: str) -> dict[str, Any]:
+    """A component schema with its ``$ref`` chain followed to the schema it names."""
     node = schema(name)
     while "$ref" in node:
         node = schema(node["$ref"].rsplit("/", 1)[-1])

@@ -8,6 +8,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,18 @@ def error(resp: httpx.Response, status: int) -> str:
     assert set(body) == {"status", "error", "requestId"}
     assert body["status"] == status
     return str(body["error"])
+
+
+@contextmanager
+def running_service(info: SandboxInfo, prefix: str) -> Iterator[dict[str, Any]]:
+    """A new running service (the create answer) for a module's tests, deleted after them."""
+    with org_client(info) as api:
+        created = result(
+            api.post("/postgres", json={**CREATE, "name": f"{prefix}-{uuid.uuid4().hex[:6]}"})
+        )
+        wait_state(api, created["id"], "running")
+        yield created
+        api.delete(f"/postgres/{created['id']}")
 
 
 def wait_state(api: httpx.Client, sid: str, state: str, timeout: float = 60) -> dict[str, Any]:

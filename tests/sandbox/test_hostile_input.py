@@ -26,12 +26,12 @@ from typing import Any
 import httpx
 import pytest
 from hostile_catalogue import AUTH_VARIANTS, BASE_BODIES, Case, Target, cases_for, targets
-from test_api import CREATE, org_client, result, wait_state
+from test_api import org_client, result, running_service
 
 from pgcloud_nb.sandbox import SandboxInfo
 from pgcloud_nb.sandbox.api.app import create_app
 from pgcloud_nb.sandbox.settings import Settings
-from pgcloud_nb.spec import load, schema, validate_body
+from pgcloud_nb.spec import load, resolved, validate_body
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -60,21 +60,10 @@ def app_targets(tmp_path_factory: pytest.TempPathFactory) -> list[Target]:
     return found
 
 
-def resolve(name: str) -> dict[str, Any]:
-    node = schema(name)
-    while "$ref" in node:
-        node = schema(node["$ref"].rsplit("/", 1)[-1])
-    return node
-
-
 @pytest.fixture(scope="module")
 def shared(sandbox: SandboxInfo) -> Iterator[dict[str, Any]]:
-    with org_client(sandbox) as api:
-        name = f"hostile-{uuid.uuid4().hex[:6]}"
-        created = result(api.post("/postgres", json={**CREATE, "name": name}))
-        wait_state(api, created["id"], "running")
+    with running_service(sandbox, "hostile") as created:
         yield created
-        api.delete(f"/postgres/{created['id']}")
 
 
 def problem(case: Case, resp: httpx.Response) -> str | None:
@@ -137,7 +126,7 @@ def test_every_route_refuses_every_hostile_input(
     auth = (sandbox.key_id, sandbox.key_secret)
     with httpx.Client(base_url=sandbox.url, auth=auth, trust_env=False) as client:
         for target in app_targets:
-            for case in cases_for(target, ids, resolve):
+            for case in cases_for(target, ids, resolved):
                 tried += 1
                 per_route[f"{case.method} {target.template}"] += 1
                 resp = send(client, case)

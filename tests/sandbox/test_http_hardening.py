@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from test_api import CREATE, error, org_client, result, wait_state
+from test_api import CREATE, error, org_client, result, running_service
 
 from pgcloud_nb import pgparams
 from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
@@ -39,12 +39,8 @@ WINDOW = {"from_date": "2026-01-01T00:00:00Z", "to_date": "2026-01-02T00:00:00Z"
 
 @pytest.fixture(scope="module")
 def svc(sandbox: SandboxInfo) -> Iterator[dict[str, Any]]:
-    with org_client(sandbox) as api:
-        name = f"hardening-{uuid.uuid4().hex[:6]}"
-        created = result(api.post("/postgres", json={**CREATE, "name": name}))
-        wait_state(api, created["id"], "running")
+    with running_service(sandbox, "hardening") as created:
         yield created
-        api.delete(f"/postgres/{created['id']}")
 
 
 # -- the rate limit -----------------------------------------------------------------------
