@@ -19,6 +19,7 @@ connection later without the notebook ever printing them.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Self
 from urllib.parse import quote
@@ -28,7 +29,7 @@ from pydantic import SecretStr
 
 from .ratelimit import Budget, RetryPolicy
 from .redaction import remember_secret
-from .requester import Requester
+from .requester import Requester, Tally
 
 __all__ = ["ClientBase", "KnownCredentials"]
 
@@ -101,6 +102,14 @@ class ClientBase:
     def request_count(self) -> int:
         """Requests actually sent by this client (retries included)."""
         return self._req.request_count
+
+    def counting(self) -> AbstractContextManager[Tally]:
+        """``with pg.counting() as tally:`` counts only the requests sent by the code inside.
+
+        Unlike a difference of :attr:`request_count`, it leaves out what widgets and
+        charts on the same client send meanwhile from their own jobs.
+        """
+        return self._req.counting()
 
     @property
     def last_request_id(self) -> str | None:

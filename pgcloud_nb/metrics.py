@@ -16,6 +16,7 @@ The JSON ``/metrics`` endpoint has its frame in :func:`pgcloud_nb.frames.metrics
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,6 +27,7 @@ from . import columns
 from .errors import NotFoundError
 from .frames import services_frame
 from .prometheus import TS_DTYPE, label_columns, parse_prometheus
+from .requester import Tally
 
 __all__ = [
     "ORG_PROMETHEUS_LIMIT",
@@ -218,8 +220,7 @@ def _whole(values: pd.Series) -> pd.Series:
 
 
 class _FleetClient(Protocol):
-    @property
-    def request_count(self) -> int: ...
+    def counting(self) -> AbstractContextManager[Tally]: ...
 
     def list_services(self) -> Sequence[Any]: ...
 
@@ -246,21 +247,22 @@ def fleet_snapshot(client: _FleetClient, *, history: _Scrapes | None = None) -> 
 
     With a ``history``, the scrape is added to it and the derived rates of its
     last two scrapes (``cpu_percent``, ``commits_per_s``…) join the frame.
-    ``attrs["requests"]`` is the number of requests the snapshot cost.
+    ``attrs["requests"]`` is the number of requests the snapshot cost: its own, not
+    those a widget sent meanwhile on the same client.
     """
-    before = client.request_count
-    services = list(client.list_services())
-    now = pd.Timestamp.now(tz="UTC")
-    scrapes = [parse_prometheus(client.prometheus(), timestamp=now)]
-    if len(services) > ORG_PROMETHEUS_LIMIT:
-        covered = set(scrapes[0]["service_id"].dropna().astype(str))
-        for svc in services:
-            sid = str(svc["id"] if isinstance(svc, dict) else svc.id)
-            if sid not in covered:
-                try:
-                    scrapes.append(parse_prometheus(client.prometheus(sid), timestamp=now))
-                except NotFoundError:
-                    continue  # deleted since the list was taken
+    with client.counting() as tally:
+        services = list(client.list_services())
+        now = pd.Timestamp.now(tz="UTC")
+        scrapes = [parse_prometheus(client.prometheus(), timestamp=now)]
+        if len(services) > ORG_PROMETHEUS_LIMIT:
+            covered = set(scrapes[0]["service_id"].dropna().astype(str))
+            for svc in services:
+                sid = str(svc["id"] if isinstance(svc, dict) else svc.id)
+                if sid not in covered:
+                    try:
+                        scrapes.append(parse_prometheus(client.prometheus(sid), timestamp=now))
+                    except NotFoundError:
+                        continue  # deleted since the list was taken
     scrape = concat_scrapes(scrapes)
     frame = services_frame(services)
     out = frame.merge(key_metrics(scrape), left_on="id", right_index=True, how="left")
@@ -272,7 +274,7 @@ def fleet_snapshot(client: _FleetClient, *, history: _Scrapes | None = None) -> 
         # the same columns from the first snapshot on (NaN until two scrapes are kept)
         last = last.reindex(columns=list(RATE_COLUMNS)).astype(np.float64)
         out = out.merge(last, left_on="id", right_index=True, how="left")
-    out.attrs["requests"] = client.request_count - before
+    out.attrs["requests"] = tally.requests
     return out.reset_index(drop=True)
 
 

@@ -33,11 +33,14 @@ type is not JSON is returned as text.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -57,7 +60,7 @@ from .errors import (
 from .ratelimit import Budget, RetryPolicy, retry_after_seconds
 from .redaction import safe_url, snippet
 
-__all__ = ["Requester", "When", "iso_time", "parse_model", "parse_models"]
+__all__ = ["Requester", "Tally", "When", "iso_time", "parse_model", "parse_models"]
 
 log = logging.getLogger("pgcloud_nb.http")
 
@@ -78,6 +81,21 @@ CONNECT_WAITS = (0.25, 0.5, 1.0)
 CONNECT_WINDOW = 3.0  # no retry once connecting has failed for this long (connect timeouts)
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection (reads keep the client's timeout)
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+@dataclass
+class Tally:
+    """Requests sent by one piece of code: see :meth:`Requester.counting`."""
+
+    requests: int = 0
+
+
+# The tallies open in this thread or task, with the requester each one counts for. A
+# ContextVar, not a field: a widget's job sends requests from an executor thread while a
+# cell's code counts its own on the kernel's thread, and neither may see the other's.
+_TALLIES: ContextVar[tuple[tuple[Requester, Tally], ...]] = ContextVar(
+    "pgcloud_nb_tallies", default=()
+)
 
 
 class Requester:
@@ -114,6 +132,20 @@ class Requester:
     def close(self) -> None:
         self._http.close()
 
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[Tally]:
+        """Count the requests this code sends, not those of other threads or tasks.
+
+        ``request_count`` counts every request of the key's client, so a difference
+        of it also counts what a widget's refresh sent meanwhile from its job.
+        """
+        tally = Tally()
+        token = _TALLIES.set((*_TALLIES.get(), (self, tally)))
+        try:
+            yield tally
+        finally:
+            _TALLIES.reset(token)
+
     def call(
         self,
         method: str,
@@ -148,6 +180,9 @@ class Requester:
             self.budget.acquire()
             with self._lock:
                 self.request_count += 1
+            for owner, tally in _TALLIES.get():
+                if owner is self:
+                    tally.requests += 1
             started = self.clock()
             wait: float | None = None
             try:

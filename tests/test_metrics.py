@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -305,6 +306,33 @@ def test_fleet_snapshot_costs_two_requests() -> None:
     assert dict(api.calls) == {"list": 1, "org": 1}
     assert len(snap) == 7 and snap["cpu_cores"].notna().all()
     assert snap["tag.Environment"].tolist()[:2] == ["production", "staging"]
+
+
+def test_fleet_snapshot_counts_only_its_own_requests() -> None:
+    # A FleetTable's refresh sends from an executor thread on the same client while a
+    # cell takes its snapshot: the cell's count must not include the table's requests.
+    api = FakeApi(3)
+    with api.client() as client:
+        started, release = threading.Event(), threading.Event()
+
+        def widget_job() -> None:
+            with client.counting() as mine:
+                client.list_services()
+                started.set()
+                release.wait(10)
+                client.list_services()
+            assert mine.requests == 2
+
+        job = threading.Thread(target=widget_job)
+        job.start()
+        started.wait(10)
+        before = client.request_count
+        with client.counting() as outer:
+            snap = fleet_snapshot(client)
+            release.set()
+            job.join(10)
+        assert snap.attrs["requests"] == 2 and outer.requests == 2  # nested tallies both count
+        assert client.request_count - before == 3  # the job's second list, sent meanwhile
 
 
 def test_fleet_snapshot_past_100_services_fetches_only_the_uncovered() -> None:
