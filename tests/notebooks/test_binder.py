@@ -2,8 +2,8 @@
 
 ``binder/start`` runs here as Binder runs it, with a trivial command in place of the
 notebook server: the command must run, in an environment where ``connect()`` finds
-the sandbox that ``start`` brought up (and says "sandbox"), and its exit code must be
-the script's (``exec "$@"``).
+the sandbox that ``start`` brought up (and says "sandbox", even beside a ``.env``),
+and its exit code must be the script's (``exec "$@"``).
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def home() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _start(home: Path, *command: str) -> subprocess.CompletedProcess[str]:
-    env = nbrun.clean_env(PGCLOUD_SANDBOX_HOME=str(home))
+def _start(home: Path, *command: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    env = nbrun.clean_env(PGCLOUD_SANDBOX_HOME=str(home), **env_extra)
+    env.pop("PGCLOUD_USE_SANDBOX", None)  # what start exports, not what this run inherits
     return subprocess.run(
         [str(START), *command],
         env=env,
@@ -137,8 +138,18 @@ def test_postbuild_cli_commands_exist() -> None:
         parser.parse_args(args)  # exits 2 on an unknown command or flag
 
 
+# A .env where the kernels run (notebooks/ on Binder): uploaded there, or committed by a
+# fork. Its made-up key points at a closed port, so a probe that took it fails at once.
+DOTENV = """\
+CLICKHOUSE_CLOUD_API_KEY=made-up-key
+CLICKHOUSE_CLOUD_API_SECRET=made-up-secret
+CLICKHOUSE_API_URL=http://127.0.0.1:9
+"""
+
+
 @pytest.mark.slow
 def test_start_brings_up_the_sandbox_then_runs_the_command(home: Path) -> None:
+    (home.parent / ".env").write_text(DOTENV)  # the command's working folder
     run = _start(home, sys.executable, "-c", PROBE)
     assert run.returncode == 0, run.stderr[-3000:]
     probe = [line for line in run.stdout.splitlines() if line.startswith("probe ")]
@@ -154,6 +165,18 @@ def test_start_brings_up_the_sandbox_then_runs_the_command(home: Path) -> None:
 
     # Again, as on a relaunch: it attaches to the running sandbox, and exec passes the
     # command's exit code through.
-    again = _start(home, "sh", "-c", "echo second; exit 7")
-    assert again.returncode == 7 and again.stdout.strip() == "second", again.stderr[-2000:]
+    echo = 'echo "second ${PGCLOUD_USE_SANDBOX:-unset}"; exit 7'
+    again = _start(home, "sh", "-c", echo)
+    assert again.returncode == 7 and again.stdout.strip() == "second 1", again.stderr[-2000:]
     assert Sandbox(home).status() == info
+
+    # A key in Binder's own environment is the way to the real API: not forced away.
+    keyed = _start(
+        home,
+        "sh",
+        "-c",
+        echo,
+        CLICKHOUSE_CLOUD_API_KEY="made-up-key",
+        CLICKHOUSE_CLOUD_API_SECRET="made-up-secret",
+    )
+    assert keyed.returncode == 7 and keyed.stdout.strip() == "second unset", keyed.stderr[-2000:]
