@@ -90,14 +90,29 @@ class Client(Provisioning, Configuration, Observability):
 
     def delete_service(self, service_id: str) -> None:
         """DELETE; the service goes to ``deleting``, then 404 (see :meth:`wait_gone`)."""
-        self._req.call("DELETE", self._path(service_id), result=False, gone_ok=True)
+        path = self._path(service_id)
+        self._req.call("DELETE", path, result=False, gone_ok=True, under_way="deleting")
         self._known.pop(service_id, None)
 
     # -- state, password, certificate --------------------------------------------------------
 
     def _state(self, service_id: str, command: str) -> PostgresService:
-        data = self._req.call("PATCH", self._path(service_id, "state"), json={"command": command})
+        """PATCH …/state; a resend after a lost answer follows the requester's rules."""
+        how: dict[str, Any] = {"once": True}  # switchover: a second would move the primary back
+        if command == "restart":  # a second restart is harmless
+            how = {"under_way": "restarting"}
+        elif command == "promote":
+            how = {"recover": lambda: self._promoted(service_id)}
+        path = self._path(service_id, "state")
+        data = self._req.call("PATCH", path, json={"command": command}, **how)
+        if data is None:  # an earlier attempt's restart is under way: the service as it is
+            data = self._req.call("GET", self._path(service_id))
         return parse_model(PostgresService, data)
+
+    def _promoted(self, service_id: str) -> Any:
+        """The service, if a lost promote made it a primary (else None: promote again)."""
+        data = self._req.call("GET", self._path(service_id))
+        return data if isinstance(data, dict) and data.get("isPrimary") is True else None
 
     def restart(self, service_id: str) -> PostgresService:
         return self._state(service_id, "restart")

@@ -2,9 +2,11 @@
 
 Each is a POST that is never sent twice when the first may have landed: when
 its answer is lost (a 5xx, or a connection dropped after sending), the
-requester first runs ``recover``, which looks for a service of that name made
-since the request began, and sends again only when there is none (the rules are
-in :mod:`pgcloud_nb.requester`'s docstring). The answer to a create carries the
+requester runs ``recover`` before each resend and before giving up. It lists
+the services and looks for one of that name made since the request began (the
+list holds a service from its create on, in every state but gone, ``creating``
+and ``restoring_backup`` included); the POST is sent again only when there is
+none (the rules are in :mod:`pgcloud_nb.requester`'s docstring). The answer to a create carries the
 only password the API will ever send; the client keeps it, masked, for
 :meth:`~pgcloud_nb.client.Client.connect_service`. A group of
 :class:`~pgcloud_nb.client.Client`'s operations (see :mod:`pgcloud_nb.clientbase`).
@@ -141,6 +143,9 @@ class Provisioning(ClientBase):
         since = began - CREATE_SKEW
         # The same GET as Client.list_services (this group of operations stands on the base only).
         listed = parse_models(PostgresServiceListItem, self._req.call("GET", self._path()))
+        # A replica is listed with isPrimary false, a service or a restore with true
+        # (docs/api-behaviour.md §4.5): a same-named service of the other kind is not ours.
+        primary = kind != "replica"
         candidates = [
             s
             for s in listed
@@ -148,6 +153,7 @@ class Provisioning(ClientBase):
             and s.id not in self._created
             and s.state != ServiceState.DELETING
             and (s.created_at is None or s.created_at >= since)
+            and s.is_primary in (None, primary)
         ]
         if not candidates:
             return None
@@ -157,9 +163,14 @@ class Provisioning(ClientBase):
             if kind == "service"
             else ""
         )
+        others = [s.id for s in candidates if s is not found]
+        if others:  # made by this call too (or by someone else, under the same name, just now)
+            note += f" Also made under that name meanwhile: {', '.join(others)}; check them."
+        # Up the stack: here, the lambda, Requester._look and .call, _create_like, the public
+        # method, then the caller's own line.
         warnings.warn(
             f"the answer to creating {kind} {name!r} was lost, but the API had created it "
             f"({found.id}); using it instead of creating another.{note}",
-            stacklevel=4,
+            stacklevel=7,
         )
         return self._req.call("GET", self._path(found.id))

@@ -18,11 +18,29 @@ Retry rules:
   The httpx exception stays the ``__cause__``, cut to one line (no chain of httpcore
   frames).
 - 5xx and other transport failures: exponential backoff with full jitter, inside the
-  policy's total deadline. If the call is not idempotent (create, restore,
-  replica) and may have reached the server, ``recover`` runs first: it looks
-  for what the lost call created, and only when it finds nothing is the call
-  sent again.
-- any other 4xx: raised at once.
+  policy's total deadline. Such an attempt may have been served with its answer lost.
+- any other 4xx: raised at once, except the two below that prove an earlier attempt worked.
+
+Resending a call whose earlier attempt may have been served depends on what a second
+copy would do (docs/api-behaviour.md §2.3):
+
+- Idempotent calls are resent as they are: GETs, PATCH of a service, both config writes,
+  a password reset with a given password. A reset that has the password generated is
+  resent too: the answer that arrives carries the password then in force.
+- ``recover`` (create, restore and read replica; promote): before each resend, and
+  before giving up, it looks for what the lost attempt did (a new service of that name;
+  the replica now a primary). What it finds is the answer, and nothing is sent again.
+- ``gone_ok`` (DELETE): a 404 means the earlier attempt did the job.
+- ``under_way`` (restart: ``"restarting"``; DELETE: ``"deleting"``): a 409 saying the
+  service *is* in that state means the earlier attempt was served and is in progress,
+  so the call succeeds (returns None). On a first attempt the same 409 is raised: that
+  is someone else's operation. A restart that had already finished when the resend
+  came is done twice, which is harmless.
+- ``once`` (switchover): never resent; a second one cannot be told apart (the state does
+  not show it) and would move the primary back. The error is raised with a note.
+
+When a call that is not idempotent gives up, or its lookup fails, the error gets a note
+that it may have been carried out, so that nobody resends it blindly by hand.
 
 What to ask for and how to read a success come from the embedded spec
 (:func:`pgcloud_nb.contract.operation`): the ``Accept`` header names the media types
@@ -41,11 +59,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .__about__ import __version__
 from .contract import operation
@@ -57,6 +73,7 @@ from .errors import (
     UnexpectedResponseError,
     status_error,
 )
+from .parsing import When, iso_time, parse_model, parse_models
 from .ratelimit import Budget, RetryPolicy, retry_after_seconds
 from .redaction import safe_url, snippet
 
@@ -64,8 +81,6 @@ __all__ = ["Requester", "Tally", "When", "iso_time", "parse_model", "parse_model
 
 log = logging.getLogger("pgcloud_nb.http")
 
-M = TypeVar("M", bound=BaseModel)
-When = datetime | str | timedelta
 
 # JSON may escape a lone UTF-16 surrogate (\ud800); Python decodes it into a str no UTF-8
 # encoder (a notebook's output, pandas' Arrow strings) accepts.
@@ -156,14 +171,16 @@ class Requester:
         result: bool = True,
         recover: Callable[[], Any] | None = None,
         gone_ok: bool = False,
+        under_way: str | None = None,
+        once: bool = False,
         envelope: bool = False,
     ) -> Any:
         """The envelope's ``result``, or the text body of an operation that declares no JSON.
 
         ``result=False``: the answer may come without a result (DELETE, and a
-        password reset that sent the password). ``recover``: the call
-        is not idempotent; see the module docstring. ``gone_ok``: a 404 after a
-        retried attempt means the first attempt did the job (DELETE). ``envelope``: the
+        password reset that sent the password). ``recover``, ``gone_ok``, ``under_way``
+        and ``once``: how a call that is not idempotent is resent (the module docstring);
+        the last three return None when an earlier attempt did the job. ``envelope``: the
         whole answer, for a list whose paging fields sit beside ``result`` (``nextCursor``).
         """
         params = {k: v for k, v in (params or {}).items() if v is not None}
@@ -220,7 +237,8 @@ class Requester:
                 if status < 400:
                     return self._parse(response, text=text, result=result, whole=envelope)
                 api_error = self._error(response)
-                if status == 404 and gone_ok and maybe_done:
+                if maybe_done and _done_before(api_error, gone_ok, under_way):
+                    log.info("%s %s: an earlier attempt did it (%s)", method, path, api_error)
                     return None
                 if isinstance(api_error, RateLimitError):
                     with self._lock:
@@ -237,19 +255,35 @@ class Requester:
                     raise api_error
                 error = api_error
             maybe_done = maybe_done or sent
-            if sent and recover is not None:
-                log.info("%s %s failed (%s); looking for what it created", method, path, error)
-                found = recover()
-                if found is not None:
-                    return found
+            checkable = maybe_done and recover is not None
+            if once and maybe_done:
+                raise _maybe_done(error, method, path)
             if wait is None:
                 wait = self.policy.backoff(attempt)
             if attempt >= self.policy.max_attempts or self.clock() + wait > deadline:
-                raise error
-            with self._lock:
-                self.retries += 1
+                if checkable and (found := self._look(recover, error, method, path)) is not None:
+                    return found
+                raise _maybe_done(error, method, path) if checkable else error
             log.info("retrying %s %s in %.1fs after: %s", method, path, wait, error)
             self.sleep(wait)
+            # Looked for just before the resend, after the wait: what the lost attempt made
+            # has had the longest time to show in the list.
+            if checkable and (found := self._look(recover, error, method, path)) is not None:
+                return found
+            with self._lock:
+                self.retries += 1
+
+    def _look(
+        self, recover: Callable[[], Any] | None, error: PgCloudError, method: str, path: str
+    ) -> Any:
+        """What ``recover`` finds; if the lookup itself fails, ``error`` says so and is raised."""
+        assert recover is not None
+        log.info("%s %s failed (%s); looking for what it did", method, path, error)
+        try:
+            return recover()
+        except PgCloudError as exc:
+            error.add_note(f"Looking for what it did failed too: {exc}")
+            raise _maybe_done(error, method, path) from exc
 
     def _unreachable(self, exc: httpx.HTTPError, attempts: int, elapsed: float) -> str:
         """One line: which URL could not be reached, why, and what to do about it."""
@@ -325,6 +359,25 @@ class Requester:
         )
 
 
+def _done_before(error: APIError, gone_ok: bool, under_way: str | None) -> bool:
+    """Whether ``error``, met after an attempt that may have been served, says it was."""
+    if error.status == 404:
+        return gone_ok
+    if error.status != 409 or under_way is None:
+        return False
+    # "Service is restarting; ..." (docs/api-behaviour.md §5.4): the state, as a whole word.
+    return re.search(rf"\bis {re.escape(under_way)}\b", error.message, re.IGNORECASE) is not None
+
+
+def _maybe_done(error: PgCloudError, method: str, path: str) -> PgCloudError:
+    """``error`` with a note: the call is not idempotent and may have been carried out."""
+    error.add_note(
+        f"{method} {path} may have been carried out before its answer was lost; "
+        "check the service before sending it again."
+    )
+    return error
+
+
 def _one_line(exc: BaseException) -> BaseException:
     """``exc`` without its traceback and chain: shown as one line under the error it caused.
 
@@ -345,40 +398,3 @@ def _without_surrogates(value: Any) -> Any:
     if isinstance(value, dict):
         return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
     return value
-
-
-def iso_time(when: When) -> str:
-    """RFC 3339 in UTC with milliseconds: accepted everywhere (docs/api-behaviour.md §10.1).
-
-    A ``timedelta`` means that long ago; a naive datetime is local time (Python's rule).
-    """
-    if isinstance(when, str):
-        return when
-    if isinstance(when, timedelta):
-        when = datetime.now(UTC) - when
-    when = when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
-
-
-def parse_model(cls: type[M], data: Any) -> M:
-    """``data`` as model ``cls``; a misfit is an UnexpectedResponseError (no input quoted)."""
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        raise _unexpected(cls.__name__, exc) from None
-
-
-def parse_models(cls: type[M], data: Any) -> list[M]:
-    try:
-        return TypeAdapter(list[cls]).validate_python(data)  # type: ignore[valid-type]
-    except ValidationError as exc:
-        raise _unexpected(f"list[{cls.__name__}]", exc) from None
-
-
-def _unexpected(what: str, exc: ValidationError) -> UnexpectedResponseError:
-    # ValidationError's own text quotes input values (which may be secrets): list locations only.
-    problems = "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"
-        for e in exc.errors(include_input=False, include_url=False)[:5]
-    )
-    return UnexpectedResponseError(f"the answer does not fit {what} ({problems})")
