@@ -9,9 +9,14 @@ contract) and :mod:`pgcloud_nb.sizes` (the size table):
 - :data:`PG_DEFAULTS`: PostgreSQL 17's default for each key the API accepts;
 - :data:`RESTART_PARAMETERS` / :data:`BOUNCER_RESTART_PARAMETERS`: keys whose
   change needs a restart (:func:`needs_restart`);
+- :data:`MEMORY_UNITS`, :data:`TIME_UNITS` and :data:`UNIT_OF`: PostgreSQL's unit
+  suffixes and each key's base unit, the one copy of them (the sandbox's check of
+  values, ``pgcloud_nb.sandbox.api.pgvalues``, reads them too);
 - :func:`typed_value`: a value's text as a typed Python value, by its unit.
 
-:func:`pgcloud_nb.frames.config_frame` builds its frame from these.
+:func:`pgcloud_nb.frames.config_frame` builds its frame from these. pandas is
+imported only by :func:`typed_value`, so the sandbox's server reads the units
+without it.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import pandas as pd
-
 __all__ = [
     "BOUNCER_RESTART_PARAMETERS",
     "KINDS",
+    "MEMORY_UNITS",
     "PG_DEFAULTS",
     "RESTART_PARAMETERS",
+    "TIME_UNITS",
+    "UNIT_OF",
     "needs_restart",
     "typed_value",
 ]
@@ -104,20 +110,23 @@ PG_DEFAULTS: Mapping[str, str] = {
     "autovacuum_vacuum_cost_limit": "-1",
     "autovacuum_vacuum_cost_delay": "2ms",
 }
-# The unit of a bare number, per parameter (pg_settings.unit); memory -> bytes, time -> Timedelta
-_MEMORY_UNIT = {
-    "maintenance_work_mem": 1024, "work_mem": 1024, "autovacuum_work_mem": 1024,
-    "effective_cache_size": 8192,
-    "wal_keep_size": 2**20, "min_wal_size": 2**20, "max_wal_size": 2**20,
-    "max_slot_wal_keep_size": 2**20,
+# Bytes per unit, and milliseconds per unit, as PostgreSQL spells them (case matters).
+MEMORY_UNITS: Mapping[str, int] = {"B": 1, "kB": 1024, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+TIME_UNITS: Mapping[str, float] = {
+    "us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000,
 }  # fmt: skip
-_TIME_UNIT: dict[str, Any] = {
-    "statement_timeout": "ms", "lock_timeout": "ms", "idle_session_timeout": "ms",
-    "idle_in_transaction_session_timeout": "ms", "transaction_timeout": "ms",
-    "wal_sender_timeout": "ms", "autovacuum_vacuum_cost_delay": "ms", "autovacuum_naptime": "s",
+# The base unit of each pgConfig key that has one (pg_settings.unit), the unit of a bare
+# number: (kind, size of one base unit in bytes or in milliseconds).
+UNIT_OF: Mapping[str, tuple[str, float]] = {
+    "maintenance_work_mem": ("memory", 1024), "work_mem": ("memory", 1024),
+    "autovacuum_work_mem": ("memory", 1024), "effective_cache_size": ("memory", 8192),
+    "wal_keep_size": ("memory", 2**20), "min_wal_size": ("memory", 2**20),
+    "max_wal_size": ("memory", 2**20), "max_slot_wal_keep_size": ("memory", 2**20),
+    "statement_timeout": ("time", 1), "lock_timeout": ("time", 1),
+    "idle_session_timeout": ("time", 1), "idle_in_transaction_session_timeout": ("time", 1),
+    "transaction_timeout": ("time", 1), "wal_sender_timeout": ("time", 1),
+    "autovacuum_vacuum_cost_delay": ("time", 1), "autovacuum_naptime": ("time", 1000),
 }  # fmt: skip
-_MEM_SUFFIX = {"B": 1, "kB": 1024, "MB": 2**20, "GB": 2**30, "TB": 2**40}
-_TIME_SUFFIX: dict[str, Any] = {"us": "us", "ms": "ms", "s": "s", "min": "min", "h": "h", "d": "D"}
 _QUANTITY = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 
 
@@ -144,25 +153,36 @@ def typed_value(section: str, key: str, raw: Any) -> tuple[Any, str]:
         return text, "text"
     number, suffix = m[1], m[2]
     num: int | float = float(number) if "." in number else int(number)
-    if key in _MEMORY_UNIT or suffix in _MEM_SUFFIX:
+    kind, base = UNIT_OF.get(key, ("", 0))
+    if kind == "memory" or suffix in MEMORY_UNITS:
         if num < 0 and not suffix:
             return num, "memory"  # -1: "use the other setting" / unlimited
-        scale = _MEM_SUFFIX.get(suffix) if suffix else _MEMORY_UNIT.get(key, 1)
+        scale = MEMORY_UNITS.get(suffix) if suffix else int(base)
         size = num * scale if scale else math.inf
         # a decimal past float's range (1e309 kB) is no size PostgreSQL takes: kept as text
         finite = isinstance(size, int) or math.isfinite(size)
         return (int(size), "memory") if finite else (text, "text")
-    if key in _TIME_UNIT or suffix in _TIME_SUFFIX:
+    if kind == "time" or suffix in TIME_UNITS:
         if num < 0 and not suffix:
             return num, "duration"
-        unit = _TIME_SUFFIX.get(suffix) if suffix else _TIME_UNIT.get(key, "s")
-        try:
-            return (pd.Timedelta(num, unit=unit), "duration") if unit else (text, "text")
-        except (OverflowError, ValueError):  # past Timedelta's ±292 years: kept as text
+        ms = TIME_UNITS.get(suffix) if suffix else base
+        if ms is None:
             return text, "text"
+        return _duration(num, ms, text)
     if suffix:
         return text, "text"
     return num, "integer" if isinstance(num, int) else "real"
+
+
+def _duration(num: float, ms_per_unit: float, text: str) -> tuple[Any, str]:
+    """``num`` units of ``ms_per_unit`` ms as a ``pandas.Timedelta`` (counted in whole
+    microseconds per unit, exact for every unit), or the text past its ±292 years."""
+    import pandas as pd  # only here: the sandbox's server reads this module's units
+
+    try:
+        return pd.Timedelta(num * round(ms_per_unit * 1000), unit="us"), "duration"
+    except (OverflowError, ValueError):
+        return text, "text"
 
 
 def needs_restart(section: str, key: str) -> bool:

@@ -16,6 +16,8 @@ hardening review, on a real sandbox, and the checks beneath them without one.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,8 @@ from test_api import CREATE, error, org_client, result, running_service
 
 from pgcloud_nb import pgparams
 from pgcloud_nb.sandbox import Sandbox, SandboxInfo, Settings
-from pgcloud_nb.sandbox.api.pgvalues import UNIT_OF, value_problem
+from pgcloud_nb.sandbox.api import pgvalues
+from pgcloud_nb.sandbox.api.pgvalues import value_problem
 from pgcloud_nb.sandbox.api.realism import PROBE_HEADER
 from pgcloud_nb.sandbox.api.wire import MAX_BODY
 from pgcloud_nb.specrules import ecma_regex, text_problem
@@ -299,15 +302,27 @@ def test_values_as_postgresql_parses_them(key: str, kind: str, value: str, good:
     assert (value_problem(key, kind, value) is None) == good, value_problem(key, kind, value)
 
 
-def test_units_agree_with_the_core_catalogue() -> None:
+def test_units_come_from_the_core_catalogue() -> None:
+    # One copy of PostgreSQL's units: the sandbox's check reads the core's own tables,
+    # and the core's typed_value gives a bare "1" exactly its key's base unit.
+    assert pgvalues.UNIT_OF is pgparams.UNIT_OF
+    assert pgvalues.MEMORY_UNITS is pgparams.MEMORY_UNITS
+    assert pgvalues.TIME_UNITS is pgparams.TIME_UNITS
     for key in pgparams.PG_DEFAULTS:
         typed, kind = pgparams.typed_value("pgConfig", key, "1")
         if kind == "memory":
-            assert UNIT_OF[key] == ("memory", typed), key
+            assert pgparams.UNIT_OF[key] == ("memory", typed), key
         elif kind == "duration":
-            assert UNIT_OF[key] == ("time", typed.total_seconds() * 1000), key
+            assert pgparams.UNIT_OF[key] == ("time", typed.total_seconds() * 1000), key
         else:
-            assert key not in UNIT_OF, key
+            assert key not in pgparams.UNIT_OF, key
+
+
+def test_the_units_need_no_pandas() -> None:
+    # The sandbox's server reads them; pandas is the frames' (typed_value imports it).
+    code = "import sys, pgcloud_nb.sandbox.api.pgvalues; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_the_body_cap_is_a_sandbox_choice() -> None:

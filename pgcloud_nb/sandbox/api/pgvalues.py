@@ -20,6 +20,10 @@ Each parameter's own range (``max_connections`` ≥ 1, …) is left to the serve
 knows it, as are the spec's ``minimum`` values, which disagree with PostgreSQL's
 (``max_slot_wal_keep_size`` is -1 by default). Control characters were refused before
 (:func:`pgcloud_nb.specrules.text_problem`).
+
+The units and each key's base unit are :mod:`pgcloud_nb.pgparams`'s
+(``MEMORY_UNITS``, ``TIME_UNITS``, ``UNIT_OF``), the one copy the client's frames
+and widgets read too.
 """
 
 from __future__ import annotations
@@ -30,34 +34,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from pgcloud_nb import spec
+from pgcloud_nb.pgparams import MEMORY_UNITS, TIME_UNITS, UNIT_OF
 
-__all__ = ["MEMORY_UNITS", "TIME_UNITS", "UNIT_OF", "problems", "value_problem"]
+__all__ = ["problems", "value_problem"]
 
-# Bytes per unit, and milliseconds per unit, as PostgreSQL spells them (case matters).
-MEMORY_UNITS = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
-TIME_UNITS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
-# The base unit of each pgConfig key that has one (pg_settings.unit), as
-# (kind, size of one base unit in bytes or ms). tests/sandbox/test_http_hardening.py
-# checks this against pgcloud_nb.pgparams, the core's catalogue (which needs pandas,
-# so the sandbox server does not import it).
-UNIT_OF: Mapping[str, tuple[str, float]] = {
-    "maintenance_work_mem": ("memory", 1024),
-    "work_mem": ("memory", 1024),
-    "autovacuum_work_mem": ("memory", 1024),
-    "effective_cache_size": ("memory", 8192),
-    "wal_keep_size": ("memory", 1024**2),
-    "min_wal_size": ("memory", 1024**2),
-    "max_wal_size": ("memory", 1024**2),
-    "max_slot_wal_keep_size": ("memory", 1024**2),
-    "statement_timeout": ("time", 1),
-    "lock_timeout": ("time", 1),
-    "idle_session_timeout": ("time", 1),
-    "idle_in_transaction_session_timeout": ("time", 1),
-    "transaction_timeout": ("time", 1),
-    "wal_sender_timeout": ("time", 1),
-    "autovacuum_vacuum_cost_delay": ("time", 1),
-    "autovacuum_naptime": ("time", 1000),
-}
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 _SPACE = " \t\n\r\f\v"  # C's isspace()
 # strtol(…, 0): hex, octal (a leading 0), or decimal; strtod: a decimal with a fraction or
