@@ -14,12 +14,16 @@ only password the API will ever send; the client keeps it, masked, for
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import unicodedata
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Required, TypedDict
 
 from .clientbase import ClientBase, KnownCredentials
+from .livecontract import MAX_DESCRIPTION, MAX_RULES, PORT_RANGE_PATTERN
 from .models import (
     PostgresService,
     PostgresServiceListItem,
@@ -30,11 +34,70 @@ from .models import (
 )
 from .requester import iso_time, parse_model, parse_models
 
-__all__ = ["Provisioning"]
+__all__ = ["IpAccessRule", "Provisioning", "access_list_payload"]
 
 # A lost create response is matched to a listed service created at most this long
 # before the request began (clock skew between us and the API).
 CREATE_SKEW = timedelta(seconds=120)
+
+
+class IpAccessRule(TypedDict, total=False):
+    """One rule of a new service's IP access list (docs/api-behaviour.md §12.2): who may
+    connect from ``source`` (an address or CIDR range) to ``portRange`` (``"5432"`` or
+    ``"5432..6432"``, every port of the service when left out)."""
+
+    source: Required[str]
+    description: str
+    portRange: str
+
+
+def access_list_payload(rules: Sequence[str | IpAccessRule] | None) -> list[dict[str, str]] | None:
+    """``rules`` in the API's form, checked here so that a mistake is a ValueError naming
+    the rule before anything is sent; a bare string is a rule's ``source``. ``[]`` stays
+    ``[]`` (no address may connect); None leaves the API's default (every address)."""
+    if rules is None:
+        return None
+    if isinstance(rules, str | Mapping) or not isinstance(rules, Sequence):
+        raise TypeError("ip_access_list is a list of rules (sources or IpAccessRule dicts)")
+    if len(rules) > MAX_RULES:
+        raise ValueError(f"ip_access_list: at most {MAX_RULES} rules, got {len(rules)}")
+    return [_rule(rule, f"ip_access_list[{i}]") for i, rule in enumerate(rules)]
+
+
+def _rule(rule: str | IpAccessRule, where: str) -> dict[str, str]:
+    raw: Mapping[str, Any] = {"source": rule} if isinstance(rule, str) else rule
+    if not isinstance(raw, Mapping):
+        raise TypeError(f"{where}: a source string or an IpAccessRule dict, not {type(rule)}")
+    unknown = sorted(set(raw) - set(IpAccessRule.__annotations__))
+    if unknown:
+        raise ValueError(f"{where}: unknown field {unknown[0]!r} (source, description, portRange)")
+    if not all(isinstance(value, str) for value in raw.values()):
+        raise TypeError(f"{where}: every field is a string")
+    out = {k: raw[k] for k in IpAccessRule.__annotations__ if k in raw}
+    source = out.get("source", "")
+    try:  # an address or a CIDR range (host bits may be set); no hostname or zone id
+        if "%" in source:
+            raise ValueError(source)
+        ipaddress.ip_network(source, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{where}.source: {source!r} is not an IPv4 or IPv6 address or CIDR range"
+        ) from None
+    if "portRange" in out:
+        ports = out["portRange"]
+        bounds = (
+            [int(p) for p in ports.split("..")] if re.fullmatch(PORT_RANGE_PATTERN, ports) else []
+        )
+        if not bounds or not all(1 <= p <= 65535 for p in bounds) or bounds != sorted(bounds):
+            raise ValueError(
+                f"{where}.portRange: {ports!r} is not a port or a range running upwards in 1-65535"
+            )
+    description = out.get("description", "")
+    if len(description) > MAX_DESCRIPTION or any(
+        unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in description
+    ):
+        raise ValueError(f"{where}.description: one line of at most {MAX_DESCRIPTION} characters")
+    return out
 
 
 class Provisioning(ClientBase):
@@ -52,11 +115,16 @@ class Provisioning(ClientBase):
         tags: Tags | None = None,
         pg_config: Mapping[str, Any] | None = None,
         pg_bouncer_config: Mapping[str, Any] | None = None,
+        ip_access_list: Sequence[str | IpAccessRule] | None = None,
     ) -> PostgresService:
         """POST /postgres. The answer is in state ``creating``; follow with :meth:`wait`.
 
         The password and connection string in the answer are the only ones the API
         will ever send; the client keeps them (masked) for :meth:`connect_service`.
+        ``ip_access_list`` says who may connect (:class:`IpAccessRule` dicts, or bare
+        sources such as ``"203.0.113.0/24"``); ``[]`` admits no address, and without
+        it every address may connect. The answer shows the rules with their ids
+        (``svc.model_extra["ipAccessList"]``).
         """
         body = {
             "name": name,
@@ -66,6 +134,7 @@ class Provisioning(ClientBase):
             "postgresVersion": postgres_version,
             "haType": ha_type,
             **self._extras(tags, pg_config, pg_bouncer_config),
+            "ipAccessList": access_list_payload(ip_access_list),
         }
         return self._create_like(self._path(), body, name, kind="service")
 
