@@ -19,13 +19,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import jsonschema
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
-
 from pgcloud_nb.contract import SPEC_FILE, enum_values, load
 from pgcloud_nb.livecontract import overlaid
-from pgcloud_nb.specrules import WholeStringValidator, unsafe_text
+from pgcloud_nb.specrules import SchemaError, SchemaValidator, unsafe_text, whole_string_validator
 
 __all__ = [
     "UNKNOWN",
@@ -33,6 +29,7 @@ __all__ = [
     "enum_values",
     "load",
     "pg_config_keys",
+    "prepare",
     "resolved",
     "schema",
     "validate_body",
@@ -94,19 +91,36 @@ def _live_properties(name: str) -> dict[str, Any]:
 
 
 @cache
-def _registry() -> Registry:
-    # Resolve "#/components/schemas/X" against the whole spec document.
+def _registry() -> object:
+    """The whole spec document, for resolving "#/components/schemas/X" (a ``referencing.Registry``).
+
+    jsonschema and referencing are imported here and in :func:`_validator`, on first
+    use (why: :func:`pgcloud_nb.specrules.whole_string_validator`); :func:`prepare`
+    does it ahead of the first request.
+    """
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
     doc = Resource.from_contents(_live(), default_specification=DRAFT202012)
     return Registry().with_resource(_URI, doc)
 
 
 @cache
-def _validator(name: str) -> jsonschema.Draft202012Validator:
+def _validator(name: str) -> SchemaValidator:
+    from jsonschema import FormatChecker
+
     ref = {"$ref": f"{_URI}#/components/schemas/{name}"}
-    validator: jsonschema.Draft202012Validator = WholeStringValidator(
-        ref, registry=_registry(), format_checker=jsonschema.FormatChecker()
-    )
-    return validator
+    return whole_string_validator()(ref, registry=_registry(), format_checker=FormatChecker())
+
+
+def prepare() -> None:
+    """Import jsonschema and load the spec for validation now, not at the first body.
+
+    The sandbox runs it in a thread as it starts, so that neither its start nor its
+    first request waits for that import.
+    """
+    whole_string_validator()
+    _registry()
 
 
 def resolved(name: str) -> dict[str, Any]:
@@ -125,7 +139,7 @@ def field_path(parts: Iterable[str | int]) -> str:
     return out
 
 
-def _describe(err: jsonschema.ValidationError) -> str:
+def _describe(err: SchemaError) -> str:
     value = err.instance
     shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
     if len(shown) > 60:

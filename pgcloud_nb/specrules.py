@@ -5,7 +5,7 @@
   matters: ``$`` also matches before a final newline (so ``"k\\n"`` passed the tag
   pattern ``^[a-zA-Z0-9._-]+$``), and ``\\d``/``\\w`` match other scripts' digits
   and letters. :func:`ecma_regex` compiles a pattern with ``$`` as ``\\Z`` (outside
-  classes and escapes) and ASCII classes, and :data:`WholeStringValidator` uses it.
+  classes and escapes) and ASCII classes, and :func:`whole_string_validator` uses it.
 - **No field holds a control character or a lone surrogate** (:func:`text_problem`).
   A NUL ends a C string (libpq cut a password short at it), a newline ends a line
   of a configuration file, a lone surrogate (``"\\ud800"`` in JSON) has no UTF-8
@@ -17,13 +17,41 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from functools import lru_cache
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import cache, lru_cache
+from typing import Any, Protocol
 
-import jsonschema
+__all__ = [
+    "SchemaError",
+    "SchemaValidator",
+    "ecma_regex",
+    "text_problem",
+    "unsafe_text",
+    "whole_string_validator",
+]
 
-__all__ = ["WholeStringValidator", "ecma_regex", "text_problem", "unsafe_text"]
+
+class SchemaError(Protocol):
+    """What :mod:`pgcloud_nb.spec` reads of a ``jsonschema.ValidationError``."""
+
+    @property
+    def message(self) -> str: ...
+    @property
+    def validator(self) -> Any: ...
+    @property
+    def validator_value(self) -> Any: ...
+    @property
+    def instance(self) -> Any: ...
+    @property
+    def schema(self) -> Any: ...
+    @property
+    def absolute_path(self) -> Sequence[str | int]: ...
+
+
+class SchemaValidator(Protocol):
+    """What :mod:`pgcloud_nb.spec` uses of a jsonschema validator."""
+
+    def iter_errors(self, instance: Any) -> Iterable[SchemaError]: ...
 
 
 @lru_cache(maxsize=256)
@@ -45,17 +73,25 @@ def ecma_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.ASCII)
 
 
-def _pattern(
-    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
-) -> Iterator[jsonschema.ValidationError]:
-    if validator.is_type(instance, "string") and not ecma_regex(pattern).search(instance):
-        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+@cache
+def whole_string_validator() -> Callable[..., SchemaValidator]:
+    """Draft 2020-12 with ``pattern`` read as ECMA-262 (:func:`ecma_regex`): the class.
 
+    jsonschema is imported here, on first use, not with this module: its import runs
+    ``jsonschema._format``, which builds rfc3987-syntax's IRI grammar with lark when that
+    is installed (JupyterLab's jupyter-events pulls it in): seconds of CPU at every
+    sandbox start for a server that has not validated anything yet.
+    """
+    import jsonschema
 
-WholeStringValidator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator, {"pattern": _pattern}
-)
-"""Draft 2020-12 with ``pattern`` read as ECMA-262 (:func:`ecma_regex`)."""
+    def pattern_rule(
+        validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+    ) -> Iterator[jsonschema.ValidationError]:
+        if validator.is_type(instance, "string") and not ecma_regex(pattern).search(instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": pattern_rule})
+
 
 # C0 and C1 controls, DEL, the UTF-16 surrogates, and Unicode's bidirectional controls
 # (Bidi_Control: they reorder what a name looks like in a table or a log, "Trojan Source").

@@ -30,7 +30,7 @@ from pgcloud_nb.sandbox.api.insights import InsightRoutes
 from pgcloud_nb.sandbox.api.metrics import MetricsRoutes
 from pgcloud_nb.sandbox.api.problems import PROBLEMS, problem
 from pgcloud_nb.sandbox.api.services import ServiceRoutes
-from pgcloud_nb.sandbox.api.wire import envelope
+from pgcloud_nb.sandbox.api.wire import envelope, prepare_validation
 from pgcloud_nb.sandbox.errors import HTTPProblem
 from pgcloud_nb.sandbox.home import SandboxHome
 from pgcloud_nb.sandbox.services.lifecycle import Lifecycle
@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        prepare_validation()  # jsonschema's import, while the server starts and answers
         await sb.life.start()
         try:
             yield

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import uuid
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "ok",
     "parse_date",
     "parse_int",
+    "prepare_validation",
     "query_value",
     "shown",
 ]
@@ -54,6 +56,17 @@ MAX_BODY = 1 << 20  # bytes: the largest valid body (50 tags, 31 settings) is un
 MAX_DEPTH = 32
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the real API's integers (a Go service's)
 _INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would take "1_0", "١", " 1"
+
+
+def prepare_validation() -> threading.Thread:
+    """Load the body validator (:func:`pgcloud_nb.spec.prepare`) in a daemon thread.
+
+    The server answers meanwhile: its start does not wait for jsonschema's import, and
+    a body that comes first waits only for what is left of it (the import's lock).
+    """
+    thread = threading.Thread(target=spec.prepare, name="pgcloud-nb-validation", daemon=True)
+    thread.start()
+    return thread
 
 
 def envelope(status: int, *, result: Any = None, error: str | None = None) -> dict[str, Any]:
