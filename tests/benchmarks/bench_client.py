@@ -1,13 +1,15 @@
 """Three figures for the client (request use, budget use, resilience), against real sandboxes.
 
-    python tests/benchmarks/bench_client.py [--duration 30] [--lifecycles 5]
+    python tests/benchmarks/bench_client.py [--duration 30] [--lifecycles 5] [--figures 123]
 
 1. Requests used by the seed lifecycle, against the minimum it needs.
 2. The sandbox enforcing the real limit (10 requests / 10 s) while one waiter
    and three concurrent callers run: 429s surfaced to the user (aim 0) and
    budget use (aim >= 90%).
 3. 20% of answers failing (500/503/429/dropped connections): lifecycles
-   completed (aim: all) and duplicate services created (aim: 0).
+   completed (aim: all) and duplicate services created (aim: 0). A duplicate is
+   a second service under a lifecycle's name, seen right after its create; a
+   service a failed lifecycle left behind is counted apart.
 
 Each figure gets its own sandbox in a throwaway home; nothing else is touched.
 """
@@ -15,6 +17,7 @@ Each figure gets its own sandbox in a throwaway home; nothing else is touched.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import shutil
 import tempfile
@@ -22,6 +25,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +52,12 @@ def client_for(info: Any, budget: Budget | None = None) -> Client:
     )
 
 
-def seed_lifecycle(pg: Client, name: str) -> None:
-    """The DESIGN.md seed walkthrough, step by step."""
+def seed_lifecycle(pg: Client, name: str, created: Callable[[], None] | None = None) -> None:
+    """The DESIGN.md seed walkthrough, step by step; ``created`` runs after the create."""
     pg.list_services()
     svc = pg.create_service(name=name, region=REGION, size=SIZE, postgres_version="18")
+    if created is not None:
+        created()
     pg.wait(svc.id, progress=False, timeout=300)
     pg.update_service(svc.id, tags={"Environment": "production"})
     pg.replace_config(
@@ -131,29 +137,59 @@ def figure_2(info: Any, duration: float) -> None:
     )
 
 
+class _Count(logging.Handler):
+    """Counts the requester's log lines that say an earlier attempt had done the job."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.done_before = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.done_before += "an earlier attempt did it" in record.getMessage()
+
+
 def figure_3(info: Any, lifecycles: int) -> None:
     pg = client_for(info, Budget.unlimited())
     pg.requester.policy = RetryPolicy(deadline=300, max_attempts=40)
     names = [f"bench-fault-{uuid.uuid4().hex[:6]}" for _ in range(lifecycles)]
+    seen: dict[str, set[str]] = {name: set() for name in names}  # ids listed under each name
     completed, failures, recovered = 0, [], 0
-    for name in names:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                seed_lifecycle(pg, name)
-                completed += 1
-            except Exception as exc:  # a benchmark reports every failure
-                failures.append(f"{name}: {exc!r}")
-        recovered += sum("was lost" in str(w.message) for w in caught)
+    counter = _Count()
+    http_log = logging.getLogger("pgcloud_nb.http")
+    http_log.addHandler(counter)
+    level = http_log.level
+    http_log.setLevel(logging.INFO)
+    try:
+        for name in names:
+
+            def created(name: str = name) -> None:
+                seen[name] |= {s.id for s in pg.list_services() if s.name == name}
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    seed_lifecycle(pg, name, created)
+                    completed += 1
+                except Exception as exc:  # a benchmark reports every failure
+                    failures.append(f"{name}: {exc!r}")
+            recovered += sum("was lost" in str(w.message) for w in caught)
+    finally:
+        http_log.removeHandler(counter)
+        http_log.setLevel(level)
     leftovers = [s for s in pg.list_services() if s.name in names]
+    for s in leftovers:
+        seen[s.name].add(s.id)
+    duplicates = sum(len(ids) - 1 for ids in seen.values() if ids)
     print("3. 20% injected faults (500/503/429/dropped connections)")
     print(
         f"   lifecycles completed: {completed}/{lifecycles}   "
-        f"duplicate services created: {len(leftovers)}"
+        f"duplicate services created: {duplicates}   "
+        f"services left by failed lifecycles: {len(leftovers)}"
     )
     print(
         f"   requests: {pg.request_count}   retries: {pg.requester.retries}   "
-        f"lost creates found by name instead of resent: {recovered}"
+        f"lost creates found by name instead of resent: {recovered}   "
+        f"resends that found the first attempt done (404/409): {counter.done_before}"
     )
     for line in failures:
         print(f"   failed: {line}")
@@ -163,6 +199,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=30.0, help="seconds for figure 2")
     parser.add_argument("--lifecycles", type=int, default=5, help="lifecycles for figure 3")
+    parser.add_argument("--figures", default="123", help="which figures to measure, e.g. 3")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pgcloud-nb-bench-"))
     root.chmod(0o755)  # PostgreSQL runs as another user and must reach the clusters
@@ -173,14 +210,21 @@ def main() -> None:
             "faults": {"500": 0.05, "503": 0.05, "429": 0.05, "drop": 0.05},
         },
     }
+    if "3" not in args.figures:
+        del flavours["faulty"]
+    if not {"1", "2"} & set(args.figures):
+        del flavours["limited"]
     sandboxes = {}
     try:
         for name, knobs in flavours.items():
             sb = Sandbox(root / name, Settings(home=root / name, **knobs))  # type: ignore[arg-type]
             sandboxes[name] = (sb, sb.start())
-        figure_1(sandboxes["limited"][1])
-        figure_2(sandboxes["limited"][1], args.duration)
-        figure_3(sandboxes["faulty"][1], args.lifecycles)
+        if "1" in args.figures:
+            figure_1(sandboxes["limited"][1])
+        if "2" in args.figures:
+            figure_2(sandboxes["limited"][1], args.duration)
+        if "3" in args.figures:
+            figure_3(sandboxes["faulty"][1], args.lifecycles)
     finally:
         for sb, _ in sandboxes.values():
             sb.stop()
