@@ -47,8 +47,10 @@ def until(page: Any, what: str, check: Callable[[], Any], timeout: float) -> Any
 
 
 def kernel_idle(page: Any) -> bool:
-    text = page.locator("#jp-main-statusbar").inner_text(timeout=5_000)
-    return "Idle" in text
+    # all_inner_texts does not wait: on a loaded machine the status bar can be missing for
+    # a while after the notebook panel shows (a 5 s wait for it failed two runs), and
+    # ``until`` is the one place that decides how long to keep looking.
+    return any("Idle" in text for text in page.locator("#jp-main-statusbar").all_inner_texts())
 
 
 def open_notebook(page: Any, lab: Any, name: str, timeout: float = 90) -> None:
