@@ -10,6 +10,10 @@ As root, the ordinary user is made here (``useradd``) and removed afterwards. Th
 interpreter may live where other users cannot reach it (pyenv under ``/root``, 0700):
 then the user's command runs in a private mount namespace in which only the
 interpreter's prefix is visible of that folder (nothing on the machine changes).
+
+``.ci/setup``'s ordinary-user branches (Debian packages missing, Debian's python3
+outside a virtual environment, in one, and ``pip --user``) run too, in seconds, with
+pip and the CLI stubbed: what each installs where, and what each tells the user.
 """
 
 from __future__ import annotations
@@ -329,3 +333,108 @@ def test_first_command_as_an_ordinary_user(
 
 def who_owns(path: Path) -> int:
     return path.stat().st_uid
+
+
+# .ci/setup as an ordinary user, each of its branches, in seconds: pip, the CLI and
+# dpkg-query are stubbed in a checkout holding only .ci/setup (the real install is the
+# README's command itself, minutes long, and CI runs it as root). The pip stub's lines
+# start as pip's do, or .ci/setup's filter of pip's output would drop them.
+PIP_STUB = (
+    'import sys\nprint("Obtaining pip-stub", *sys.argv[1:])\nprint("Successfully installed x-0")\n'
+)
+CLI_STUB = 'import sys\nprint("cli-stub", *sys.argv[1:])\n'
+DEBIAN_PYTHON = Path("/usr/bin/python3")
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def _stub_checkout(base: Path) -> Path:
+    where = Path(tempfile.mkdtemp(prefix="setup-", dir=base))
+    for name, text in {
+        ".ci/setup": (ROOT / ".ci/setup").read_text(),
+        "pip/__init__.py": "",
+        "pip/__main__.py": PIP_STUB,
+        "pgcloud_nb/__init__.py": "",
+        "pgcloud_nb/cli.py": CLI_STUB,
+        "installed/dpkg-query": "#!/bin/sh\nprintf 'install ok installed'\n",
+        "missing/dpkg-query": "#!/bin/sh\nexit 1\n",
+    }.items():
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        (where / name).write_text(text)
+    subprocess.run(["chmod", "-R", "a+rX", str(where)], check=True)
+    for script in (".ci/setup", "installed/dpkg-query", "missing/dpkg-query"):
+        (where / script).chmod(0o755)
+    return where
+
+
+def _setup(who: Who, checkout: Path, dpkg: str, *args: str, **env: str) -> tuple[int, str, str]:
+    path = env.pop("PATH", SYSTEM_PATH)
+    run = subprocess.run(
+        [*_setup_wrapper(who), str(checkout / ".ci/setup"), *args],
+        env={"HOME": str(who.home), "LANG": "C.UTF-8", "PATH": f"{checkout / dpkg}:{path}", **env},
+        cwd=who.home,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return run.returncode, run.stdout, run.stderr
+
+
+def test_setup_branches_as_an_ordinary_user(as_user: Who, base: Path) -> None:
+    if not _externally_managed(DEBIAN_PYTHON):
+        pytest.skip("needs Debian's own python3 (externally managed)")
+    checkout = _stub_checkout(base)
+
+    # The Debian packages are missing: named, with the line that installs them, nothing else.
+    code, out, err = _setup(as_user, checkout, "missing", PYTHON=str(DEBIAN_PYTHON))
+    assert code == 1 and "pip-stub" not in out, out + err
+    assert "missing Debian packages: postgresql postgresql-contrib" in err
+    assert "sudo apt-get install -y postgresql postgresql-contrib" in err
+
+    # Debian's python3, no virtual environment: the line that makes one, flag included.
+    code, out, err = _setup(as_user, checkout, "installed", "--test")
+    assert code == 1 and "pip-stub" not in out, out + err
+    venv = "-m venv ~/.venvs/pgcloud-nb && . ~/.venvs/pgcloud-nb/bin/activate && .ci/setup --test"
+    assert venv in err
+
+    # In a virtual environment (the README's way): installed there, python is its own.
+    env_dir = as_user.home / f"venv-{secrets.token_hex(3)}"
+    made = subprocess.run(
+        [*_setup_wrapper(as_user), str(DEBIAN_PYTHON), "-m", "venv", "--without-pip", str(env_dir)],
+        env={"HOME": str(as_user.home), "PATH": SYSTEM_PATH},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"python3 -m venv does not work here: {made.stderr[-500:]}")
+    active = {"PATH": f"{env_dir}/bin:{SYSTEM_PATH}", "VIRTUAL_ENV": str(env_dir)}
+    code, out, err = _setup(as_user, checkout, "installed", "--test", **active)
+    assert code == 0, out + err
+    [pip] = [line for line in out.splitlines() if "pip-stub" in line]
+    assert "install" in pip and "-e .[test]" in pip and "--user" not in pip
+    assert "cli-stub sandbox install-postgres 17" in out and "install-postgres 18" in out
+    assert "==> ready: pgcloud-nb lab opens the notebooks" in out
+    assert "the tests run with" not in out  # python -m pytest, as the README says
+
+    # Debian's python3 told to take pip anyway: pip --user, and both PATH notes.
+    code, out, err = _setup(as_user, checkout, "installed", "--test", PIP_BREAK_SYSTEM_PACKAGES="1")
+    assert code == 0, out + err
+    [pip] = [line for line in out.splitlines() if "pip-stub" in line]
+    assert "--user" in pip and "--no-warn-script-location" in pip
+    assert f"pgcloud-nb is in {as_user.home}/.local/bin, which is not on PATH" in out
+    if shutil.which("python", path=SYSTEM_PATH) is None:
+        assert f"the tests run with {DEBIAN_PYTHON} -m pytest (python on PATH is missing)" in out
+
+
+def _externally_managed(python: Path) -> bool:
+    probe = "import sysconfig; print(sysconfig.get_path('stdlib') + '/EXTERNALLY-MANAGED')"
+    if not python.exists():
+        return False
+    run = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60)
+    return run.returncode == 0 and Path(run.stdout.strip()).exists()
+
+
+def _setup_wrapper(who: Who) -> list[str]:
+    """Only the change of user: Debian's python3 needs no private mount namespace."""
+    return who.wrapper[who.wrapper.index("setpriv") :] if who.wrapper else []
