@@ -1,12 +1,13 @@
 """Waiting for a service to reach a state, or to be gone.
 
-A ``tqdm.auto`` bar shows the current state (a widget in Jupyter, text
-elsewhere). The poll interval comes from the key's budget
-(:meth:`~pgcloud_nb.ratelimit.Budget.poll_interval`): polling alone never
-takes more than half of the window's requests, and it slows down further when
-other users of the key (charts, widgets) leave little free. Waits fail fast
-instead of running into their timeout when the service goes somewhere it will
-not come back from; Ctrl-C / "interrupt kernel" closes the bar and propagates.
+A progress line shows the service's name, its state and the time waited (a
+one-line widget in Jupyter, tqdm's text line elsewhere). The poll interval
+comes from the key's budget (:meth:`~pgcloud_nb.ratelimit.Budget.poll_interval`):
+polling alone never takes more than half of the window's requests, and it slows
+down further when other users of the key (charts, widgets) leave little free.
+Waits fail fast instead of running into their timeout when the service goes
+somewhere it will not come back from; Ctrl-C / "interrupt kernel" ends the line
+(it says "stopped") and propagates.
 
 A wait needs only :class:`WaitClient` (the budget and one GET), not the whole
 client: the client calls in here, never the other way round.
@@ -48,27 +49,92 @@ class _Bar:
     """The progress line, or nothing when ``progress`` is False.
 
     It reads ``my-db: creating, waiting for running [00:02]``: the service's
-    name, its state and the time waited; the bar appears with the first answer,
-    so that it never shows an empty box.
+    name, its state and the time waited since the wait began, from its first
+    frame on. It appears with the first answer, so it never shows a line
+    without a state. In a Jupyter kernel it is a one-line widget of its own:
+    tqdm's notebook bar would put an empty progress box before the text (a
+    wait has no total to fill it with). Elsewhere it is tqdm's text line.
     """
 
     def __init__(self, enabled: bool) -> None:
         self._enabled = enabled
-        self._bar: Any = None
+        self._line: _Line | None = None
+        self.text = ""  # the line as last shown, elapsed time included
 
-    def show(self, text: str) -> None:
+    def show(self, text: str, elapsed: float) -> None:
         if not self._enabled:
             return
-        if self._bar is None:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=None, desc=text, bar_format="{desc} [{elapsed}]")
+        self.text = f"{text} [{_interval(elapsed)}]"
+        if self._line is None:
+            self._line = _open_line(self.text)
         else:
-            self._bar.set_description_str(text, refresh=True)
+            self._line.show(self.text)
+
+    def close(self, finished: bool = True) -> None:
+        """End the line; a wait that did not finish (interrupted, failed) says so on it."""
+        if self._line is None:
+            return
+        if not finished:
+            self.text += " · stopped"
+            self._line.show(self.text)
+        self._line.close()
+
+
+class _Line(Protocol):
+    def show(self, text: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _interval(seconds: float) -> str:
+    """``00:02``, ``12:05``, ``1:02:03``: tqdm's own way of writing a duration."""
+    from tqdm import tqdm
+
+    return str(tqdm.format_interval(max(0.0, seconds)))
+
+
+class _WidgetLine:
+    """The line as an ipywidgets Label in the cell's output: text only, no progress box."""
+
+    def __init__(self, text: str) -> None:
+        import ipywidgets
+        from IPython.display import display
+
+        self.widget = ipywidgets.Label(value=text)
+        self.widget.add_class("pgcloud-progress")
+        display(self.widget)
+
+    def show(self, text: str) -> None:
+        self.widget.value = text
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        """Nothing to end: the label stays in the output with the wait's last line."""
+
+
+class _TextLine:
+    """The line as tqdm's text bar (a terminal, a script, a kernel without ipywidgets)."""
+
+    def __init__(self, text: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=None, desc=text, bar_format="{desc}")
+
+    def show(self, text: str) -> None:
+        self.bar.set_description_str(text, refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _in_notebook() -> bool:
+    """Whether output goes to a Jupyter frontend that draws widgets (tqdm.auto's own test)."""
+    from tqdm import auto, notebook
+
+    return issubclass(auto.tqdm, notebook.tqdm)
+
+
+def _open_line(text: str) -> _Line:
+    return _WidgetLine(text) if _in_notebook() else _TextLine(text)
 
 
 def _value(value: Any) -> Any:
@@ -239,14 +305,16 @@ class StatePoll:
 def _run(client: WaitClient, poll: StatePoll, progress: bool) -> PostgresService | None:
     """Drive ``poll`` to the end, sleeping between polls; owns the progress bar."""
     bar = _Bar(progress)
+    finished = False
     try:
         while not poll.observe(poll.look(client)):
-            bar.show(poll.progress)
+            bar.show(poll.progress, poll.elapsed)
             _sleep(poll.pause(client))
-        bar.show(poll.progress)
+        bar.show(poll.progress, poll.elapsed)
+        finished = True
         return poll.service
-    finally:  # also on KeyboardInterrupt: the bar never stays half-drawn
-        bar.close()
+    finally:  # also on KeyboardInterrupt: the line never stays claiming to wait
+        bar.close(finished)
 
 
 def wait_for_state(

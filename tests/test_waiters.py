@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -126,27 +127,30 @@ def test_wait_gone(clock: Clock) -> None:
     assert client.request_count == 3
 
 
-def test_progress_bar_shows_state_and_closes_on_interrupt(
-    clock: Clock, monkeypatch: pytest.MonkeyPatch
+class Line:
+    """Stands in for the progress line's output (widget or text): records what it shows."""
+
+    def __init__(self, log: list[str], text: str) -> None:
+        self.log = log
+        log.append(text)
+
+    def show(self, text: str) -> None:
+        self.log.append(text)
+
+    def close(self) -> None:
+        self.log.append("closed")
+
+
+@pytest.fixture
+def lines(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    log: list[str] = []
+    monkeypatch.setattr(waiters, "_open_line", lambda text: Line(log, text))
+    return log
+
+
+def test_progress_line_closes_on_interrupt_saying_it_stopped(
+    clock: Clock, lines: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shown: list[str] = []
-    closed: list[bool] = []
-
-    class Bar:
-        def __init__(self, *a: Any, desc: str, bar_format: str, **k: Any) -> None:
-            shown.append(desc)
-            assert bar_format == "{desc} [{elapsed}]"  # no postfix: no stray ", "
-
-        def set_description_str(self, text: str, refresh: bool = True) -> None:
-            shown.append(text)
-
-        def close(self) -> None:
-            closed.append(True)
-
-    import tqdm.auto
-
-    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
-
     def interrupt(seconds: float) -> None:
         raise KeyboardInterrupt
 
@@ -154,35 +158,60 @@ def test_progress_bar_shows_state_and_closes_on_interrupt(
     client = client_reading(svc("creating"))
     with pytest.raises(KeyboardInterrupt):
         client.wait(SID)
-    assert shown == ["n: creating, waiting for running"] and closed == [True]
+    assert lines == [
+        "n: creating, waiting for running [00:00]",
+        "n: creating, waiting for running [00:00] · stopped",
+        "closed",
+    ]
 
 
-def test_progress_line_names_the_service_and_its_state(
-    clock: Clock, monkeypatch: pytest.MonkeyPatch
+def test_progress_line_names_the_service_its_state_and_the_time_waited(
+    clock: Clock, lines: list[str]
 ) -> None:
-    """The line a person reads: the name, the state, then the wait's end; no id, no empty box."""
-    import tqdm.auto
-
-    lines: list[str] = []
-
-    class Bar:
-        def __init__(self, *a: Any, desc: str, **k: Any) -> None:
-            lines.append(desc)
-
-        def set_description_str(self, text: str, refresh: bool = True) -> None:
-            lines.append(text)
-
-        def close(self) -> None:
-            lines.append("closed")
-
-    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    """The line a person reads: the name, the state, the wait's end and the time since the
+    wait began, from the first line on; no id."""
     client = client_reading(svc("creating", name="orders db"), svc("running", name="orders db"))
     client.wait(SID)
-    assert lines == ["orders db: creating, waiting for running", "orders db: running", "closed"]
+    waited = f"{clock.sleeps[0]:02.0f}"
+    assert lines == [
+        "orders db: creating, waiting for running [00:00]",
+        f"orders db: running [00:{waited}]",
+        "closed",
+    ]
     lines.clear()
     client_reading(svc("deleting", name="old"), 404).wait_gone(SID)
-    assert lines == ["old: deleting, waiting until gone", "old: gone", "closed"]
+    assert lines[0] == "old: deleting, waiting until gone [00:00]"
+    assert lines[1].startswith("old: gone [00:") and lines[2:] == ["closed"]
     assert not any(SID[:8] in line for line in lines)
+
+
+def test_progress_line_in_jupyter_is_text_alone_from_its_first_frame(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a kernel the line is one Label widget holding the whole text: no progress box
+    (tqdm's notebook bar draws one before the text) and no frame without the state."""
+    import ipywidgets
+    from IPython import display as ipy_display
+
+    shown: list[Any] = []
+    monkeypatch.setattr(waiters, "_in_notebook", lambda: True)
+    monkeypatch.setattr(ipy_display, "display", lambda *objs, **kw: shown.extend(objs))
+    client = client_reading(svc("creating", name="orders db"), svc("running", name="orders db"))
+    client.wait(SID)
+    assert len(shown) == 1  # displayed once, then updated in place
+    (label,) = shown
+    assert isinstance(label, ipywidgets.Label) and "pgcloud-progress" in label._dom_classes
+    assert re.fullmatch(r"orders db: running \[00:\d\d\]", label.value)
+    assert not isinstance(label, ipywidgets.Box)  # nothing beside the text
+
+
+def test_progress_line_outside_jupyter_is_tqdms_text_line(
+    clock: Clock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client_reading(svc("creating", name="orders db"), svc("running", name="orders db")).wait(SID)
+    err = capsys.readouterr().err
+    assert "orders db: creating, waiting for running [00:00]" in err
+    assert re.search(r"orders db: running \[00:\d\d\]", err)
 
 
 def test_a_wait_needs_only_the_budget_and_one_read(clock: Clock) -> None:
