@@ -169,13 +169,21 @@ def td(shown: Cell, *, code: bool = False, style: str = NOWRAP) -> str:
 
 
 def table_html(
-    headers: Sequence[Cell], rows: Sequence[str], *, more: int = 0, css_class: str = ""
+    headers: Sequence[Cell],
+    rows: Sequence[str],
+    *,
+    more: int = 0,
+    css_class: str = "",
+    style: str = NOWRAP,
 ) -> str:
-    """Headers and ready ``<tr>`` rows in the scrolling box; ``more`` rows left out are counted."""
+    """Headers and ready ``<tr>`` rows in the scrolling box; ``more`` rows left out are counted.
+
+    ``style`` goes on each header cell (the rows' cells carry their own, see :func:`td`).
+    """
     head = "".join(
-        f'<th title="{escape(h.title)}" style="{NOWRAP}">{escape(h.text)}</th>'
+        f'<th title="{escape(h.title)}" style="{style}">{escape(h.text)}</th>'
         if h.title
-        else f'<th style="{NOWRAP}">{escape(h.text)}</th>'
+        else f'<th style="{style}">{escape(h.text)}</th>'
         for h in headers
     )
     foot = f"<p><small>… {more:,} more rows not shown</small></p>" if more else ""

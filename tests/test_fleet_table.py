@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import html as html_lib
 import re
 import socket
 import stat
@@ -24,7 +25,15 @@ from fixtures.mockapi import FakeApi
 import pgcloud_nb
 from pgcloud_nb.ratelimit import Budget
 from pgcloud_nb.widgets import FleetTable
-from pgcloud_nb.widgets.fleetview import COLUMNS, fleet_html, id_chars, write_export
+from pgcloud_nb.widgets.fleetview import (
+    COLUMNS,
+    PAD_EM,
+    TAGS_CHARS,
+    fleet_html,
+    id_chars,
+    shown_path,
+    write_export,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,36 +91,59 @@ def test_the_table_fits_a_notebook(figures: dict[str, str]) -> None:
     )  # the widest figures each column can show
     html = fleet_html(frame)
     assert 'style="overflow-x:auto;max-width:100%"' in html  # the box scrolls sideways
-    assert "white-space:nowrap" in html.split("<thead>")[0]  # on the table: no cell wraps…
-    assert '<td style="white-space:normal' in html  # …but the tags cell, between chips
-    assert html.count('<span style="white-space:nowrap"') == 4 * 4
+    assert "white-space:nowrap" in html.split("<thead>")[0]  # on the table: no cell wraps
     assert "tag." not in re.sub(r"<[^>]+>", "", html.split("<tbody>")[0])  # one tags column
     # ids as their first 8 characters, whole in the tooltip
-    assert f'<td title="{services[0]["id"]}" style="white-space:nowrap"><code>' in html
+    assert f'<td title="{services[0]["id"]}" style="white-space:nowrap;' in html
     assert f"<code>{services[0]['id'][:8]}…</code>" in html
-    # JupyterLab's CSS lets td and th wrap: each one-line cell says nowrap itself
+    # JupyterLab's CSS lets td and th wrap: every cell, the tags too, says nowrap itself,
+    # so a row is one line high however many tags it has
     cells = re.findall(r"<t[dh](?: [^>]*)?>", html)
     assert len(cells) == 12 + 4 * 12
-    assert [c for c in cells if "white-space:nowrap" not in c] == [
-        '<td style="white-space:normal;min-width:8em">'
-    ] * 4
+    assert [c for c in cells if "white-space:nowrap" not in c] == []
+    assert "<br" not in html and "<span" not in html.split("<tbody>")[1]
     assert "e+" not in html and "nan" not in html.lower() and "&lt;NA&gt;" not in html
-    # what a row spends on its one-line columns, in characters (the tags cell wraps)
-    widest = max(sum(len(re.sub(r"<[^>]+>", "", c)) for c in row[:-1]) for row in _cells(html))
-    figures["fleet table: widest row, one-line columns"] = f"{widest} characters"
-    assert widest <= 100
+    # what a row spends on its columns, in characters
+    widest = max(sum(len(re.sub(r"<[^>]+>", "", c)) for c in row) for row in _cells(html))
+    figures["fleet table: widest row"] = f"{widest} characters"
+    assert widest <= 120
     pixels = _width_px(html)
     if pixels is not None:
         figures["fleet table: width in DejaVu Sans 13 px (notebook: 1,008 px)"] = f"{pixels} px"
         assert pixels <= 1008
 
 
+def test_the_tags_are_one_line_cut_with_every_tag_in_the_tooltip() -> None:
+    many = [{"key": f"key{i}", "value": f"value-{i}"} for i in range(12)]
+    services = [
+        {**ITEM, "id": "a", "name": "a", "tags": [*many, {"key": "team", "value": "payments"}]},
+        {**ITEM, "id": "b", "name": "b", "tags": [*many, {"key": "team", "value": "search"}]},
+        {**ITEM, "id": "c", "name": "c", "tags": []},
+    ]
+    html = fleet_html(pgcloud_nb.frames.services_frame(services))
+    rows = re.findall(r"<tr>(.*?)</tr>", html.split("<tbody>")[1], re.S)
+    tags = [re.findall(r"<td([^>]*)>([^<]*)</td>", row)[-1] for row in rows]
+    (attrs, text), _, empty = tags
+    # the tag that tells rows apart comes first; those alike on every row shown come after
+    assert text.startswith("team=payments, key0=")
+    assert len(text) == TAGS_CHARS and text.endswith("…")
+    title = re.search(r'title="([^"]*)"', attrs)
+    assert title is not None
+    first, *rest = title.group(1).split("\n")  # one tag a line, the telling one first
+    assert first == "team=payments" and sorted(rest) == sorted(
+        f"key{i}=value-{i}" for i in range(12)
+    )
+    assert empty[1] == "" and "title=" not in empty[0]  # no tags: a blank cell, no tooltip
+    tags = [{"key": "team", "value": "db"}, {"key": "env", "value": "prod"}]
+    short = fleet_html(pgcloud_nb.frames.services_frame([{**ITEM, "tags": tags}]))
+    assert ">env=prod, team=db</td>" in short and 'title="env=' not in short  # whole: no tooltip
+
+
 def _width_px(html: str) -> int | None:
-    """The table's width laid out as JupyterLab would: 13 px text, 0.5 em padding a side.
+    """The table's width laid out as JupyterLab would: 13 px text, PAD_EM padding a side.
 
     DejaVu Sans is wider than the system fonts JupyterLab asks for, so this errs
-    wide. The tags cell wraps between chips: it counts as its widest chip or
-    its 8 em minimum. None where the font is not installed.
+    wide. None where the font is not installed.
     """
     font_file = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
     if not font_file.exists():
@@ -122,11 +154,9 @@ def _width_px(html: str) -> int | None:
     header = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", html)
     columns = [[font.getlength(h) * 1.1] for h in header]  # bold headers: ~10 % wider
     for row in _cells(html):
-        for i, cell in enumerate(row[:-1]):
-            columns[i].append(font.getlength(re.sub(r"<[^>]+>", "", cell)))
-        chips = re.findall(r"<span[^>]*>(.*?)</span>", row[-1]) or [""]
-        columns[-1].append(max(104.0, *(font.getlength(c) for c in chips)))
-    return round(sum(max(c) + 13 for c in columns))
+        for i, cell in enumerate(row):
+            columns[i].append(font.getlength(html_lib.unescape(re.sub(r"<[^>]+>", "", cell))))
+    return round(sum(max(c) + 2 * PAD_EM * 13 for c in columns))
 
 
 def test_every_value_is_escaped() -> None:
@@ -167,7 +197,7 @@ def test_export_writes_the_view_where_asked_without_secrets(tmp_path: Path) -> N
         csv = table.exported
         assert csv is not None and csv.parent == tmp_path / "exports"
         assert re.fullmatch(r"fleet-\d{8}-\d{6}\.csv", csv.name)
-        assert str(csv) in table.status.value and "wrote 3 services" in table.status.value
+        assert f"wrote 3 services to {shown_path(csv)}" in table.status.value
         back = pd.read_csv(csv)
         assert back["name"].tolist() == ["svc-2", "svc-1", "svc-0"]
         assert list(back.columns) == list(table.frame.columns)
@@ -185,6 +215,30 @@ def test_export_writes_the_view_where_asked_without_secrets(tmp_path: Path) -> N
             assert secret.encode() not in written.read_bytes(), fmt
             assert b"leaky" in written.read_bytes() and b"postgres://app:" in written.read_bytes()
         assert not table.errors.outputs
+
+
+def test_the_export_folder_reads_as_a_person_would_say_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The field says "this notebook's folder" instead of a long absolute path; the path
+    is in its tooltip, and a written file shows relative to the notebook's folder."""
+    monkeypatch.chdir(tmp_path)
+    with FakeApi(2).client() as client:
+        table = FleetTable(client)
+        assert table.folder.value == "" and table.folder.placeholder == "this notebook's folder"
+        assert str(tmp_path) in table.folder.tooltip
+        table.csv_button.click()
+        assert table.exported is not None and table.exported.parent == tmp_path
+        assert table.status.value.endswith(f"wrote 2 services to {table.exported.name}")
+        table.folder.value = "exports/fleet"
+        assert str(tmp_path / "exports" / "fleet") in table.folder.tooltip
+        table.parquet_button.click()
+        assert table.exported is not None
+        assert f"to exports/fleet/{table.exported.name}" in table.status.value
+        assert str(tmp_path) not in table.status.value  # never the long absolute path
+    assert shown_path(tmp_path / "a.csv", cwd=tmp_path) == "a.csv"
+    assert shown_path(Path.home() / "x" / "a.csv", cwd=tmp_path) == "~/x/a.csv"
+    assert shown_path(Path("/srv/a.csv"), cwd=tmp_path) == "/srv/a.csv"
 
 
 def test_a_csv_export_runs_no_formula_and_is_the_users_only(tmp_path: Path) -> None:

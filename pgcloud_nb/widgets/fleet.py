@@ -26,7 +26,7 @@ from ..jobs import (
 )
 from ..metrics import fleet_snapshot
 from ..spec import enum_values
-from .fleetview import COLUMNS, TAG_PREFIX, fleet_html, matches, write_export
+from .fleetview import COLUMNS, TAG_PREFIX, fleet_html, matches, shown_path, write_export
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -105,13 +105,17 @@ class FleetTable(widgets.VBox):
         self.auto = widgets.ToggleButton(
             value=False, description="auto", icon="clock-o", layout=widgets.Layout(width="6em")
         )
+        # Empty means the notebook's own folder: the field shows that in words, and a
+        # folder typed in reads relative to it; the whole path is in the tooltip.
         self.folder = widgets.Text(
-            value=str(Path.cwd()),
+            value="",
+            placeholder="this notebook's folder",
             description="export to",
-            tooltip="folder for the CSV and Parquet files (made if missing)",
-            layout=widgets.Layout(width="24em"),
+            layout=widgets.Layout(width="18em"),
             style={"description_width": "initial"},
         )
+        self.folder.observe(lambda _: self._folder_tooltip(), "value")
+        self._folder_tooltip()
         self.csv_button = widgets.Button(
             description="CSV", icon="download", tooltip="write the rows shown as CSV"
         )
@@ -235,20 +239,27 @@ class FleetTable(widgets.VBox):
         """Write the rows shown (:meth:`view`, every column) as ``csv`` or ``parquet``.
 
         The file is ``fleet-<UTC time>.<fmt>`` in ``folder`` (default: the
-        ``export to`` field, itself the working directory at first); the path
-        is returned and shown. No secret is written, no CSV cell runs as a
-        spreadsheet formula, and the file is 0600 (see
+        ``export to`` field, the notebook's folder when empty); the whole path
+        is returned, and shown relative to the notebook's folder. No secret is
+        written, no CSV cell runs as a spreadsheet formula, and the file is 0600 (see
         :func:`~pgcloud_nb.widgets.fleetview.export_frame`).
         """
-        where = folder if folder is not None else (self.folder.value.strip() or ".")
+        where = folder if folder is not None else self._folder()
         path = write_export(self.view(), where, fmt, now=datetime.now(UTC))
         self.exported = path
         return path
 
+    def _folder(self) -> Path:
+        return Path(self.folder.value.strip() or ".").expanduser()
+
+    def _folder_tooltip(self) -> None:
+        where = self._folder().absolute()
+        self.folder.tooltip = f"CSV and Parquet files go to {where} (made if missing)"
+
     def _export_clicked(self, fmt: str) -> None:
         self.errors.clear()
         path = self.export(fmt)
-        self.status.set(f"wrote {len(self.view())} services to {path}", icon="✓")
+        self.status.set(f"wrote {len(self.view())} services to {shown_path(path)}", icon="✓")
 
     # -- auto-refresh --
 

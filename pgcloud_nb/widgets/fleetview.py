@@ -6,10 +6,10 @@ tested on a plain frame, without widgets, a kernel or an API.
 The HTML fits a notebook's width (about 1,000 px in JupyterLab): one short
 column per field a person scans (the id as its first 8 characters, the size
 with its vCPUs and memory in a tooltip, the key metrics as plain numbers with
-their totals in tooltips), tags as ``key=value`` chips that wrap between chips
-but never inside one, and the whole in a box that scrolls sideways when it is
-still too wide. Every value from the API is HTML-escaped: names and tags are
-user input.
+their totals in tooltips), the tags as one ``key=value, key=value`` line cut
+with ``…`` (every tag in its tooltip), so that each row stays one line high,
+and the whole in a box that scrolls sideways when it is still too wide. Every
+value from the API is HTML-escaped: names and tags are user input.
 
 For the same reason a CSV export defuses formulas: a spreadsheet opening the file
 runs a cell that starts with ``=``, ``+``, ``-`` or ``@`` as a formula (some skip a
@@ -39,20 +39,37 @@ import numpy as np
 import pandas as pd
 
 from ..redaction import redact
-from ..tables import ID_CHARS, Cell, byte_text, cell, escape, number_text, table_html, td
+from ..tables import (
+    ID_CHARS,
+    NOWRAP,
+    Cell,
+    byte_text,
+    cell,
+    escape,
+    number_text,
+    table_html,
+    td,
+)
 
 __all__ = [
     "COLUMNS",
     "FORMATS",
+    "PAD_EM",
     "export_frame",
     "fleet_html",
     "id_chars",
     "matches",
+    "shown_path",
+    "tag_order",
     "write_export",
 ]
 
 NAME_CHARS = 32
-TAG_CHARS = 24
+TAGS_CHARS = 24  # the tags column's text; all of them in its tooltip
+# JupyterLab pads table cells 0.5 em a side; 0.3 em keeps twelve columns apart and gives
+# the table about 60 px back, so that a fleet fits a notebook's 1,008 px.
+PAD_EM = 0.3
+CELL_STYLE = f"{NOWRAP};padding-left:{PAD_EM}em;padding-right:{PAD_EM}em"
 MAX_ROWS = 500
 FORMATS = {"csv": "csv", "parquet": "parquet"}
 
@@ -138,16 +155,29 @@ def _of(row: Mapping[str, Any], column: str) -> str:
     return "" if limit is None else f"of {byte_text(float(limit))}"
 
 
-def _tags(row: Mapping[str, Any]) -> str:
-    chips = []
-    for key, value in row.items():
-        if not key.startswith(TAG_PREFIX) or _get(row, key) is None:
-            continue
-        whole = f"{key.removeprefix(TAG_PREFIX)}={value}"
-        shown = cell("tag", whole, limit=TAG_CHARS)
-        title = f' title="{escape(shown.title)}"' if shown.title else ""
-        chips.append(f'<span style="white-space:nowrap"{title}>{escape(shown.text)}</span>')
-    return f'<td style="white-space:normal;min-width:8em">{", ".join(chips)}</td>'
+def tag_order(frame: pd.DataFrame) -> list[str]:
+    """The frame's tag columns, those that tell the rows apart first.
+
+    A tag with one value wherever it is set (``run=6f0f6e`` on a notebook's
+    services) says least, so it goes last, where the cut at :data:`TAGS_CHARS`
+    falls; the order is otherwise the frame's.
+    """
+    tags = [str(c) for c in frame.columns if str(c).startswith(TAG_PREFIX)]
+    same = {c for c in tags if frame[c].nunique(dropna=True) <= 1}
+    return [c for c in tags if c not in same] + [c for c in tags if c in same]
+
+
+def _tags(row: Mapping[str, Any], order: list[str]) -> str:
+    """All tags on one line, ``k=v, k=v``, cut at :data:`TAGS_CHARS`; each tag on its own line
+    in the tooltip. One line keeps every row one line high, however many tags a service has."""
+    pairs = [
+        f"{key.removeprefix(TAG_PREFIX)}={row[key]}" for key in order if _get(row, key) is not None
+    ]
+    text = ", ".join(pairs)
+    if len(text) <= TAGS_CHARS:
+        return td(Cell(text), style=CELL_STYLE)
+    cut = text[: TAGS_CHARS - 1].rstrip(", ") + "…"
+    return td(Cell(cut, "\n".join(pairs)), style=CELL_STYLE)
 
 
 _CELLS: dict[str, Callable[[Mapping[str, Any]], Cell]] = {
@@ -182,18 +212,18 @@ def _id_cell(value: Any, chars: int) -> Cell:
     return Cell(text[:chars] + "…", text) if len(text) > chars + 1 else Cell(text)
 
 
-def _row(row: Mapping[str, Any], chars: int) -> str:
+def _row(row: Mapping[str, Any], chars: int, tags: list[str]) -> str:
     cells = []
     for _, column, _ in COLUMNS:
         if not column:
-            cells.append(_tags(row))
+            cells.append(_tags(row, tags))
             continue
         if column == "id":
-            cells.append(td(_id_cell(row.get("id"), chars), code=True))
+            cells.append(td(_id_cell(row.get("id"), chars), code=True, style=CELL_STYLE))
             continue
         render = _CELLS.get(column)
         shown = render(row) if render else cell(column, _get(row, column))
-        cells.append(td(shown))
+        cells.append(td(shown, style=CELL_STYLE))
     return f"<tr>{''.join(cells)}</tr>"
 
 
@@ -203,10 +233,13 @@ def fleet_html(frame: pd.DataFrame, *, empty: str = "No services.") -> str:
     shown = frame.iloc[:MAX_ROWS]
     ids = [str(i) for i in shown["id"].dropna()] if "id" in shown else []
     chars = id_chars(ids)
-    rows = [_row({str(k): v for k, v in r.items()}, chars) for r in shown.to_dict("records")]
+    tags = tag_order(shown)
+    rows = [_row({str(k): v for k, v in r.items()}, chars, tags) for r in shown.to_dict("records")]
     if not rows:
         rows = [f'<tr><td colspan="{len(COLUMNS)}"><i>{escape(empty)}</i></td></tr>']
-    return table_html(headers, rows, more=len(frame) - len(shown), css_class="pgcloud-fleet")
+    return table_html(
+        headers, rows, more=len(frame) - len(shown), css_class="pgcloud-fleet", style=CELL_STYLE
+    )
 
 
 # --- export ------------------------------------------------------------------------------
@@ -293,3 +326,15 @@ def write_export(frame: pd.DataFrame, folder: str | Path, fmt: str, *, now: date
             raise
         return path.resolve()
     raise FileExistsError(f"{base}: too many exports named {stem}-*")
+
+
+def shown_path(path: Path, cwd: Path | None = None) -> str:
+    """``path`` as a person reads it: relative to ``cwd`` (the notebook's folder) when
+    inside it, else from ``~`` when inside the home folder, else whole."""
+    path = Path(path).absolute()
+    for base, prefix in ((cwd or Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            return prefix + str(path.relative_to(base.absolute()))
+        except ValueError:
+            continue
+    return str(path)
