@@ -423,6 +423,55 @@ def test_interactive_chart_is_ipympls_canvas_and_draws_on_request() -> None:
     assert not chart.view.widget.comm and not chart.view.manager.toolbar.comm
 
 
+# JupyterLab's output area at a 1,200 px window with the file browser open, and what
+# ipympl's toolbar beside the canvas takes (its buttons are 32 px; a margin for borders).
+NARROW_OUTPUT, TOOLBAR = 768, 48
+
+
+@pytest.mark.parametrize("interactive", [True, False])
+def test_the_figure_and_its_legends_fit_a_narrow_notebook(interactive: bool) -> None:
+    """ipympl's canvas cannot shrink with the output area as a PNG frame does: by default
+    it is laid out narrow enough that canvas, toolbar and every legend are inside 768 px.
+    PNG frames keep the 9-inch figure (the picture shrinks); their legends are inside it."""
+    source, ids = synthetic(3)
+    chart = LiveChart(
+        source=source, services=ids, metrics=[CONNS, COMMITS], interactive=interactive
+    )
+    for _ in range(3):
+        chart.update()
+    figure = chart.figure
+    width = figure.get_size_inches()[0] * figure.dpi
+    if interactive:
+        assert width + TOOLBAR <= NARROW_OUTPUT
+    else:
+        assert width == 9.0 * 96
+    renderer = figure.canvas.get_renderer()
+    for ax in chart.axes:
+        legend = ax.get_legend()
+        assert legend is not None and len(legend.get_texts()) >= 3
+        box = legend.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= width, (box.x1, width)  # not cut on the right
+    # the status line wraps under the buttons rather than run past the right edge
+    assert chart.children[0].layout.flex_flow == "row wrap"
+    chart.close()
+
+
+def test_an_all_zero_panel_counts_from_0_to_1() -> None:
+    """No connections yet: the axis reads 0 and 1, not 0.000 … 0.054."""
+    text = (
+        f"# TYPE {CONNS} gauge\n"
+        f'{CONNS}{{postgres_service="s",postgres_service_name="a",state="active"}} 0\n'
+    )
+    frames = iter(
+        parse_prometheus(text, timestamp=T0 + pd.Timedelta(seconds=10 * k)) for k in range(3)
+    )
+    chart = png_chart(source=lambda: next(frames), metrics=[CONNS])
+    for _ in range(3):
+        chart.update()
+    assert chart.axes[0].get_ylim() == (0.0, 1.0)
+    chart.close()
+
+
 def test_hover_shows_the_value_and_unit_under_the_mouse() -> None:
     chart, _ = interactive_chart()
     for _ in range(3):

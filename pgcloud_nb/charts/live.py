@@ -21,14 +21,27 @@ import pandas as pd
 from ..history import History
 from ..jobs import ErrorPanel, cancel, close_children, guarded, poll_job, require_loop, run_job
 from .panels import Panels
-from .views import make_view
+from .views import ipympl_available, make_view
 
 if TYPE_CHECKING:
     from ..client import Client
 
-__all__ = ["BUDGET_SHARE", "DEFAULT_INTERVAL", "SANDBOX_INTERVAL", "LiveChart"]
+__all__ = [
+    "BUDGET_SHARE",
+    "DEFAULT_INTERVAL",
+    "INTERACTIVE_PIXELS",
+    "SANDBOX_INTERVAL",
+    "LiveChart",
+]
 
 DEFAULT_INTERVAL = 60.0  # the real API's Prometheus data refreshes once a minute
+# A PNG frame shrinks with the output area (the image's max-width is 100 %); ipympl's
+# canvas keeps the figure's pixel size, and what passes the output area's right edge is
+# cut off, legends first. So an interactive figure is laid out for the narrowest output a
+# notebook commonly has: 768 px in JupyterLab at a 1,200 px window with its file browser
+# open, less ipympl's toolbar beside the canvas.
+PNG_WIDTH = 9.0  # inches
+INTERACTIVE_PIXELS = 680
 SANDBOX_INTERVAL = 2.0
 BUDGET_SHARE = 0.2  # at most 2 of the real API's 10 requests per 10 s
 
@@ -54,7 +67,9 @@ class LiveChart(widgets.VBox):
     hover values (``True``), or PNG frames (``False``, the default: they need
     nothing but ipywidgets; ipympl's canvas paints in JupyterLab 4.6 since its
     first frame is no longer sent before the browser is ready; ``None`` picks
-    ipympl when installed). ``source`` replaces
+    ipympl when installed). ``figsize`` (inches, per panel): by default 9 wide
+    for PNG frames, which shrink to the output area, and 680 px for ipympl's
+    canvas, which does not (see :data:`INTERACTIVE_PIXELS`). ``source`` replaces
     the API with a callable returning Prometheus text or a long frame (tests
     and benchmarks).
 
@@ -75,7 +90,7 @@ class LiveChart(widgets.VBox):
         interactive: bool | None = False,
         source: Callable[[], Scrape] | None = None,
         autostart: bool = True,
-        figsize: tuple[float, float] = (9.0, 2.4),
+        figsize: tuple[float, float] | None = None,
         dpi: int = 96,
     ) -> None:
         if client is None and source is None:
@@ -96,6 +111,10 @@ class LiveChart(widgets.VBox):
         self.redraws = 0
         self.scrapes = 0
         self.task: asyncio.Task[None] | None = None
+        if interactive is None:
+            interactive = ipympl_available()
+        if figsize is None:
+            figsize = (INTERACTIVE_PIXELS / dpi if interactive else PNG_WIDTH, 2.4)
         self.panels = Panels(self.metrics, self.services, window, figsize, dpi)
         self.figure = self.panels.figure
         self.axes = self.panels.axes
@@ -120,7 +139,9 @@ class LiveChart(widgets.VBox):
         buttons = [self.start_button, self.pause_button, self.stop_button]
         if self.view.interactive:
             buttons.append(self.follow_button)
-        super().__init__([widgets.HBox([*buttons, self.status]), self.view.widget, self.errors])
+        # wraps: a long status line goes under the buttons instead of past the right edge
+        bar = widgets.HBox([*buttons, self.status], layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__([bar, self.view.widget, self.errors])
         self.add_class("pgcloud-live-chart")
         self.state = "stopped"  # from here on close() has everything to close
         self.redraw()

@@ -250,9 +250,11 @@ class Panels:
             ax.relim()
             ax.autoscale_view(scalex=False)
             ys = [np.asarray(line.get_ydata(), np.float64) for line in ax.get_lines()]
-            lows = [np.nanmin(y) for y in ys if len(y) and not np.isnan(y).all()]
-            if lows and min(lows) >= 0:  # the data sheet's values are counts and shares
-                ax.set_ylim(bottom=0, auto=None)
+            seen = [y[~np.isnan(y)] for y in ys if len(y) and not np.isnan(y).all()]
+            if seen and min(y.min() for y in seen) >= 0:  # the data sheet's counts and shares
+                # all zero (no connections yet): 0 to 1, not matplotlib's ±0.05 around 0
+                top = None if max(y.max() for y in seen) > 0 else 1
+                ax.set_ylim(bottom=0, top=top, auto=None)
         self._limits = [(ax.get_xlim(), ax.get_ylim()) for ax in self.axes]
 
     def _style(self, ax: Axes, metric: str) -> Any:
