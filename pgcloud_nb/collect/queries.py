@@ -1,14 +1,14 @@
 """Fleet questions over the stored history, each one SQL statement answered as a DataFrame.
 
 - :func:`cpu_p95_per_hour`: p95 of CPU % (per scrape, from counter rates) per service
-  and hour, from raw samples.
+  and hour, from the per-scrape CPU table.
 - :func:`connections_per_hour` and :func:`connection_trends`: connections (all
   states) per hour from the hourly rollup, and the services whose count trends up
   (a least-squares slope per day and its fit).
 - :func:`database_size_per_hour` and :func:`storage_growth`: database size per hour
   (rollup), growth per day, and days until the storage limit at that pace.
 - :func:`top_commits`: services ranked by transactions committed over the range
-  (counter increases with resets handled, from raw samples).
+  (counter increases with resets handled, from the hourly counter table).
 
 Each takes ``start``/``end`` (``start <= time < end``, either open). Hours are UTC.
 Service names are the newest each service had in the range.
@@ -22,8 +22,9 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from ..metrics import COMMITS, CORES, CPU
-from .sqlrates import pairs_sql, where
+from ..metrics import COMMITS
+from .schema import SERIES_KEY
+from .sqlrates import where
 
 __all__ = [
     "connection_trends",
@@ -47,18 +48,10 @@ class _Queryable(Protocol):
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pd.DataFrame: ...
 
 
-def _hour_where(start: Time, end: Time, metric: str) -> tuple[str, dict[str, Any]]:
-    """A WHERE over ``samples_1h``: whole hours that start in [start, end)."""
-    sql, params = where(start, end, None, [metric])
+def _hour_where(start: Time, end: Time, metric: str, tag: str = "") -> tuple[str, dict[str, Any]]:
+    """A WHERE over an hourly table: whole hours that start in [start, end)."""
+    sql, params = where(start, end, None, [metric], tag=tag)
     return sql.replace("ts >=", "hour >=").replace("ts <", "hour <"), params
-
-
-def _increases(metric_filter: str, where_sql: str) -> str:
-    """Per sample: the counter's increase since the previous one (reset: the value)."""
-    return f"""SELECT ts, service_id, service_name, metric, mode,
-    if(v < prev, v, v - prev) AS inc, v < prev AS reset,
-    (toUnixTimestamp64Micro(ts) - toUnixTimestamp64Micro(prev_ts)) / 1e6 AS dt
-  FROM ({pairs_sql("samples", f"{where_sql} AND {metric_filter}")})"""
 
 
 def cpu_p95_per_hour(store: _Queryable, start: Time = None, end: Time = None) -> pd.DataFrame:
@@ -68,24 +61,22 @@ def cpu_p95_per_hour(store: _Queryable, start: Time = None, end: Time = None) ->
     seconds per second over CPUCores × 100); the p95 is exact (``quantileExactInclusive``,
     numpy's default interpolation), over the scrapes of that hour.
 
-    The non-idle modes are summed per scrape before the counter is differenced: one
-    series a service instead of seven, several times faster. It equals the per-mode
-    rule (:func:`~pgcloud_nb.collect.sqlrates.derived_sql`) because a restart resets
-    every mode's counter at once; a scrape missing some modes would differ.
+    Read from ``service_scrapes`` (:mod:`~pgcloud_nb.collect.rollups`), where the
+    non-idle modes are already summed per scrape: the counter is differenced once a
+    service instead of once a mode. It equals the per-mode rule
+    (:func:`~pgcloud_nb.collect.sqlrates.derived_sql`) because a restart resets every
+    mode's counter at once; a scrape missing some modes would differ.
     """
-    where_sql, params = where(start, end, None, [CPU, CORES])
-    busy = f"metric = '{CPU}' AND mode != 'idle'"
-    sql = f"""WITH
-  scrapes AS (
-    SELECT service_id, ts, anyLast(service_name) AS name, sumIf(value, {busy}) AS busy,
-      if(countIf(metric = '{CORES}') > 0, anyLastIf(value, metric = '{CORES}'), nan) AS cores
-    FROM samples {where_sql} GROUP BY service_id, ts HAVING countIf({busy}) > 0),
-  pct AS (
+    # FINAL merges a scrape's partial rows first; the mode count is tested after it.
+    where_sql, params = where(start, end)
+    sql = f"""WITH pct AS (
     SELECT service_id, p.1 AS ts, p.2 AS name,
       if(p.3 < q.3, p.3, p.3 - q.3)
         / ((toUnixTimestamp64Micro(p.1) - toUnixTimestamp64Micro(q.1)) / 1e6) / p.4 * 100 AS cpu
-    FROM (SELECT service_id, arraySort(x -> x.1, groupArray((ts, name, busy, cores))) AS s
-          FROM scrapes GROUP BY service_id)
+    FROM (SELECT service_id,
+            arraySort(x -> x.1, groupArrayIf((ts, service_name, cpu_busy, ifNull(cores, nan)),
+              cpu_modes > 0)) AS s
+          FROM service_scrapes FINAL {where_sql} GROUP BY service_id)
     ARRAY JOIN arrayPopFront(s) AS p, arrayPopBack(s) AS q
     WHERE p.1 > q.1 AND NOT isNaN(cpu))
 SELECT toStartOfHour(ts) AS hour, service_id, argMax(name, ts) AS service_name,
@@ -151,10 +142,11 @@ def database_size_per_hour(store: _Queryable, start: Time = None, end: Time = No
 
 def storage_growth(store: _Queryable, start: Time = None, end: Time = None) -> pd.DataFrame:
     """Per service: ``bytes`` (newest total database size), ``growth_per_day`` (least
-    squares over the hourly sizes), ``limit_bytes`` (StorageLimitBytes), ``used_percent``
+    squares over the hourly sizes), ``limit_bytes`` (the newest StorageLimitBytes, from
+    the hourly rollup too), ``used_percent``
     and ``days_until_full`` at that pace (NaN when not growing). Soonest full first."""
     sizes, params = _sizes_sql(start, end)
-    limit_where, more = where(start, end, None, [STORAGE_LIMIT], tag="_limit")
+    limit_where, more = _hour_where(start, end, STORAGE_LIMIT, tag="_limit")
     params.update(more)
     sql = f"""WITH
   sizes AS ({sizes}),
@@ -164,7 +156,9 @@ def storage_growth(store: _Queryable, start: Time = None, end: Time = None) -> p
       simpleLinearRegression({_DAYS}, bytes).1 AS growth_per_day
     FROM sizes GROUP BY service_id),
   limits AS (
-    SELECT service_id, argMax(value, ts) AS limit_bytes FROM samples {limit_where}
+    SELECT service_id, argMax(last, hour) AS limit_bytes
+    FROM (SELECT service_id, hour, argMaxMerge(last) AS last FROM samples_1h {limit_where}
+          GROUP BY service_id, hour)
     GROUP BY service_id)
 SELECT g.service_id AS service_id, service_name, newest AS bytes, growth_per_day, limit_bytes,
   newest / limit_bytes * 100 AS used_percent,
@@ -177,13 +171,32 @@ ORDER BY isNaN(days_until_full), days_until_full, service_id"""
 def top_commits(
     store: _Queryable, start: Time = None, end: Time = None, *, n: int = 10
 ) -> pd.DataFrame:
-    """The ``n`` services with the most commits in the range: ``commits`` (the
-    counter's increases, resets counted from zero), ``commits_per_s`` (over the time
-    covered), ``resets``."""
-    where_sql, params = where(start, end, None, [COMMITS])
-    sql = f"""SELECT service_id, argMax(service_name, ts) AS service_name,
-  sum(inc) AS commits, sum(inc) / sum(dt) AS commits_per_s,
-  countIf(reset) AS resets
-FROM ({_increases("1", where_sql)})
+    """The ``n`` services with the most commits in the whole hours that start in
+    [start, end): ``commits`` (the counter's increases, resets counted from zero),
+    ``commits_per_s`` (over the time covered), ``resets``.
+
+    Read from ``counters_1h`` (:mod:`~pgcloud_nb.collect.rollups`): each series' hourly
+    increases, plus the pair (last of one hour, first of the next) between its
+    consecutive hours: the sum over every pair of raw samples, one row an hour.
+    """
+    where_sql, params = _hour_where(start, end, COMMITS)
+    sql = f"""SELECT service_id, argMax(name, hour) AS service_name, sum(inc) AS commits,
+  sum(inc) / sum(dt) AS commits_per_s, sum(n_resets) AS resets
+FROM (
+  SELECT service_id, hour, name,
+    increase + if(gap_dt > 0, if(first < prev_last, first, first - prev_last), 0) AS inc,
+    seconds + greatest(gap_dt, 0) AS dt,
+    resets + (gap_dt > 0 AND first < prev_last) AS n_resets
+  FROM (
+    SELECT service_id, h.1 AS hour, h.2 AS name, h.3 AS first_ts, h.4 AS first, h.7 AS increase,
+      h.8 AS seconds, h.9 AS resets, g.5 AS prev_last_ts, g.6 AS prev_last,
+      if(k = 1, 0, (toUnixTimestamp64Micro(first_ts) - toUnixTimestamp64Micro(prev_last_ts))
+        / 1e6) AS gap_dt
+    FROM (
+      SELECT {", ".join(SERIES_KEY)}, extra, arraySort(x -> x.1, groupArray((hour, service_name,
+        first_ts, first, last_ts, last, increase, seconds, resets))) AS hs
+      FROM counters_1h FINAL {where_sql}
+      GROUP BY {", ".join(SERIES_KEY)}, extra)
+    ARRAY JOIN hs AS h, arrayPushFront(arrayPopBack(hs), hs[1]) AS g, arrayEnumerate(hs) AS k))
 GROUP BY service_id ORDER BY commits DESC, service_id LIMIT {int(n)}"""
     return store.query(sql, params)

@@ -31,6 +31,10 @@ One database holds:
 - ``services``: the service list over time, a ReplacingMergeTree by ``version``
   (the time the list was taken): the newest row per service is its current name,
   size, region, state, tags and major, or its deletion.
+
+The tables derived for the fleet questions (per-scrape CPU, hourly counter
+increases) and the migration that adds them to an older store are
+:mod:`pgcloud_nb.collect.rollups`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ __all__ = [
     "QUANTILES",
     "SERIES_KEY",
     "TABLES",
+    "TS",
     "ddl",
     "drop_statements",
     "ttl_statements",
@@ -56,7 +61,7 @@ _VIEWS = ("samples_1h_mv", "service_last_mv")
 # quantile levels kept in the hourly t-digest state
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 _Q = ", ".join(str(q) for q in QUANTILES)
-_TS = "DateTime64(6, 'UTC')"
+TS = "DateTime64(6, 'UTC')"
 
 
 def _seconds(ttl: timedelta) -> int:
@@ -72,7 +77,7 @@ def ddl(database: str, *, raw_ttl: timedelta, rollup_ttl: timedelta) -> list[str
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
         f"""CREATE TABLE IF NOT EXISTS {db}.samples (
-  ts {_TS} CODEC(DoubleDelta, ZSTD(1)),
+  ts {TS} CODEC(DoubleDelta, ZSTD(1)),
   metric LowCardinality(String),
   service_id LowCardinality(String),
   service_name LowCardinality(String),
@@ -97,8 +102,8 @@ SETTINGS non_replicated_deduplication_window = 10000, ttl_only_drop_parts = 1"""
   min SimpleAggregateFunction(min, Float64),
   max SimpleAggregateFunction(max, Float64),
   avg AggregateFunction(avg, Float64),
-  first AggregateFunction(argMin, Float64, {_TS}),
-  last AggregateFunction(argMax, Float64, {_TS}),
+  first AggregateFunction(argMin, Float64, {TS}),
+  last AggregateFunction(argMax, Float64, {TS}),
   quantiles AggregateFunction(quantilesTDigest({_Q}), Float64) CODEC(ZSTD(3))
 ) ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(hour)
@@ -116,7 +121,7 @@ FROM {db}.samples
 GROUP BY hour, {key}""",
         f"""CREATE TABLE IF NOT EXISTS {db}.service_last (
   service_id LowCardinality(String),
-  last_ts SimpleAggregateFunction(max, {_TS})
+  last_ts SimpleAggregateFunction(max, {TS})
 ) ENGINE = AggregatingMergeTree ORDER BY service_id
 SETTINGS non_replicated_deduplication_window = 10000""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.service_last_mv TO {db}.service_last AS
@@ -124,18 +129,18 @@ SELECT service_id, max(ts) AS last_ts FROM {db}.samples
 WHERE service_id != '' GROUP BY service_id""",
         f"""CREATE TABLE IF NOT EXISTS {db}.rounds (
   round_id String,
-  at {_TS},
+  at {TS},
   samples UInt64,
   services UInt32,
   backfilled Bool,
   org_id LowCardinality(String),
-  inserted_at {_TS} DEFAULT now64(6)
+  inserted_at {TS} DEFAULT now64(6)
 ) ENGINE = ReplacingMergeTree(inserted_at) ORDER BY round_id""",
         f"""CREATE TABLE IF NOT EXISTS {db}.metric_types (
   metric LowCardinality(String),
   type LowCardinality(String),
   help String,
-  updated_at {_TS}
+  updated_at {TS}
 ) ENGINE = ReplacingMergeTree(updated_at) ORDER BY metric""",
         f"""CREATE TABLE IF NOT EXISTS {db}.services (
   service_id String,
@@ -145,9 +150,9 @@ WHERE service_id != '' GROUP BY service_id""",
   state LowCardinality(String),
   postgres_version LowCardinality(String),
   tags Map(String, String),
-  first_seen {_TS},
+  first_seen {TS},
   deleted Bool,
-  version {_TS}
+  version {TS}
 ) ENGINE = ReplacingMergeTree(version) ORDER BY service_id""",
     ]
 

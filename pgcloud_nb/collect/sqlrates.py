@@ -25,13 +25,13 @@ import pandas as pd
 
 from ..metrics import CACHE, COMMITS, CORES, CPU, ROLLBACKS
 
-__all__ = ["derived_sql", "pairs_sql", "rates_sql", "where"]
+__all__ = ["counter_test", "derived_sql", "pairs_sql", "rates_sql", "utc", "where"]
 
 _SERIES = "metric, service_id, mode, state, database, extra"
 _LABELS = "mode, state, database"
 
 
-def _utc(value: datetime | pd.Timestamp) -> datetime:
+def utc(value: datetime | pd.Timestamp) -> datetime:
     stamp = pd.Timestamp(value)
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     return stamp.to_pydatetime()
@@ -54,10 +54,10 @@ def where(
     params: dict[str, Any] = {}
     if start is not None:
         terms.append("ts >= {start:DateTime64(6, 'UTC')}")
-        params["start"] = _utc(start)
+        params["start"] = utc(start)
     if end is not None:
         terms.append("ts < {end:DateTime64(6, 'UTC')}")
-        params["end"] = _utc(end)
+        params["end"] = utc(end)
     if services is not None:
         terms.append("service_id IN {services:Array(String)}")
         params["services"] = [str(s) for s in services]
@@ -69,7 +69,8 @@ def where(
     return ("WHERE " + " AND ".join(terms) if terms else ""), params
 
 
-def _counter_test(db: str) -> str:
+def counter_test(db: str) -> str:
+    """A condition on ``metric``: a counter by its TYPE, or untyped with ``_Total``."""
     typed = (
         f"(SELECT metric FROM (SELECT metric, argMax(type, updated_at) AS type "
         f"FROM {db}.metric_types GROUP BY metric) WHERE type {{op}} {{kind}})"
@@ -116,7 +117,7 @@ def rates_sql(
     """SQL for every counter's rate: the columns of :func:`pgcloud_nb.metrics.rates`
     (labels as strings, '' where absent, plus the ``extra`` map) and ``reset``."""
     db = f"`{database}`"
-    where_sql, params = where(start, end, services, metrics, extra=_counter_test(db))
+    where_sql, params = where(start, end, services, metrics, extra=counter_test(db))
     sql = (
         _rates(db, where_sql) + "\n  ORDER BY metric, service_id, mode, state, database, timestamp"
     )

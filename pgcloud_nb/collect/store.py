@@ -47,7 +47,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from ..errors import PgCloudError
 from . import dsn as dsn_settings
-from . import schema, sqlrates
+from . import rollups, schema, sqlrates
 from .convert import long_frame, samples_table
 from .services import service_rows
 
@@ -145,8 +145,10 @@ class Store:
             wait = EMBEDDED_WAIT if kwargs.get("interface") == "chdb" else 0.0
         boot = _connect(kwargs, "default", wait)
         try:
-            for statement in schema.ddl(db, raw_ttl=raw_ttl, rollup_ttl=rollup_ttl):
+            ttls = {"raw_ttl": raw_ttl, "rollup_ttl": rollup_ttl}
+            for statement in [*schema.ddl(db, **ttls), *rollups.ddl(db, **ttls)]:
                 boot.command(statement)
+            rollups.migrate(boot, db)  # a store made before the derived tables gets them
             client = _connect(kwargs, db, wait)
         finally:
             boot.close()
@@ -168,11 +170,15 @@ class Store:
         """Insert a long frame as one round; returns the samples added (0: a known round).
 
         Idempotent per ``round_id``: a listed round is skipped, and the samples of a
-        round cut short before its ``rounds`` row are dropped by deduplication.
+        round cut short before its ``rounds`` row are dropped by deduplication. The
+        hours the round touches are recomputed in ``counters_1h`` (:mod:`.rollups`).
         """
         if self.has_round(round_id):
             return 0
         self._insert_samples(frame, round_id=round_id, backfilled=backfilled)
+        if len(frame):  # before the round's row: a round cut short refreshes when run again
+            stamps = pd.DatetimeIndex(frame["timestamp"])
+            rollups.refresh_counters(self.client, self.database, stamps.min(), stamps.max())
         self._record_types(frame.attrs.get("types") or {}, frame.attrs.get("help") or {})
         self._close_round(frame, round_id=round_id, backfilled=backfilled)
         return len(frame)
@@ -233,18 +239,27 @@ class Store:
 
     def set_ttl(self, *, raw: timedelta = RAW_TTL, rollup: timedelta = ROLLUP_TTL) -> None:
         """How long raw samples and hourly rollups are kept (applied at the next merge)."""
-        for statement in schema.ttl_statements(self.database, raw_ttl=raw, rollup_ttl=rollup):
+        ttls = {"raw_ttl": raw, "rollup_ttl": rollup}
+        for statement in [
+            *schema.ttl_statements(self.database, **ttls),
+            *rollups.ttl_statements(self.database, **ttls),
+        ]:
             self.client.command(statement)
 
     def optimize(self) -> None:
         """Merge every part now (``OPTIMIZE … FINAL``): applies TTLs and replacements."""
-        for table in schema.TABLES:
+        for table in (*schema.TABLES, *rollups.TABLES):
             self.client.command(f"OPTIMIZE TABLE {self._t(table)} FINAL")
 
     def drop(self) -> None:
         """Delete every table of this history (the database itself stays)."""
+        db = f"`{self.database}`"
+        for view in rollups.VIEWS:  # views first: none is left pointing at a dropped table
+            self.client.command(f"DROP VIEW IF EXISTS {db}.{view}")
         for statement in schema.drop_statements(self.database):
             self.client.command(statement)
+        for table in rollups.TABLES:
+            self.client.command(f"DROP TABLE IF EXISTS {db}.{table}")
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -3,8 +3,9 @@
 1. Ingest: 100 services × 7 days of synthetic 60 s scrapes (32 series a service, the
    data sheet's), inserted as the collector would (a round per chunk of scrapes):
    samples per second, and bytes on disk per sample (raw table; the hourly rollup
-   apart), against History's bytes per sample in memory and the same long frame
-   in Parquet (zstd).
+   and the derived tables of :mod:`pgcloud_nb.collect.rollups` apart, then all),
+   against History's bytes per sample in memory and the same long frame in Parquet
+   (zstd).
 2. The fleet questions of :mod:`pgcloud_nb.collect.queries` over that history,
    against the same answers computed in pandas from the Parquet file (read with
    the metric filter pushed down, then :func:`pgcloud_nb.metrics.derived`-style
@@ -290,7 +291,7 @@ def ingest(
     raw = int(usage.loc["samples", "bytes_on_disk"])
     print(
         f"ingest, bulk rounds of 360 scrapes: {bulk / spent:,.0f} samples/s "
-        f"(incl. the hourly rollup and the last-sample view)"
+        f"(incl. the views and the hourly counter refresh)"
     )
     print(
         f"ingest, one org scrape a round ({len(series)} samples): "
@@ -305,6 +306,13 @@ def ingest(
     print(
         f"hourly rollup: {int(usage.loc['samples_1h', 'rows']):,} rows, {rollup / 2**20:.1f} MiB "
         f"({rollup / n:.3f} bytes per raw sample it summarises)"
+    )
+    derived = {t: int(usage.loc[t, "bytes_on_disk"]) for t in ("service_scrapes", "counters_1h")}
+    print(
+        "derived tables: "
+        + ", ".join(f"{t} {b / 2**20:.1f} MiB" for t, b in derived.items())
+        + f" ({sum(derived.values()) / n:.3f} bytes per raw sample); raw + every derived "
+        f"table: {(raw + rollup + sum(derived.values())) / n:.2f} bytes per sample"
     )
     assert int(usage.loc["samples", "rows"]) == n
 

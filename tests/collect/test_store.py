@@ -20,9 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the 
 
 from fixtures.synth import exposition, services
 
+from pgcloud_nb.collect import queries, rollups
 from pgcloud_nb.collect.store import Store
 from pgcloud_nb.history import History
-from pgcloud_nb.metrics import concat_scrapes, derived, parse_prometheus, rates
+from pgcloud_nb.metrics import COMMITS, concat_scrapes, derived, parse_prometheus, rates
 
 SVCS = services(6, seed=3)
 N = 24
@@ -161,3 +162,83 @@ def test_last_sample_at(store: Store) -> None:
     scan = store.query("SELECT service_id, max(ts) AS ts FROM samples GROUP BY service_id")
     assert set(last) == {s.id for s in SVCS}
     assert last == {str(s): t for s, t in zip(scan["service_id"], scan["ts"], strict=True)}
+
+
+def _pandas_commits(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per service: commits (increases, a decrease counted from zero), resets, seconds."""
+    c = frame[frame["metric"] == COMMITS].sort_values(["service_id", "timestamp"])
+    c = c.assign(service_id=c["service_id"].astype(str))
+    prev = c.groupby("service_id")["value"].shift()
+    dt = c.groupby("service_id")["timestamp"].diff().dt.total_seconds()
+    c = c.assign(inc=np.where(c["value"] < prev, c["value"], c["value"] - prev), dt=dt)
+    c = c.assign(reset=c["value"] < prev)[prev.notna()]
+    g = c.groupby("service_id")
+    return pd.DataFrame(
+        {"commits": g["inc"].sum(), "resets": g["reset"].sum(), "dt": g["dt"].sum()}
+    )
+
+
+def _pandas_p95(frame: pd.DataFrame) -> pd.DataFrame:
+    d = derived(frame).reset_index().dropna(subset=["cpu_percent"])
+    d = d.assign(hour=d["timestamp"].dt.floor("h"), service_id=d["service_id"].astype(str))
+    g = d.groupby(["hour", "service_id"])["cpu_percent"]
+    return pd.DataFrame({"p95": g.quantile(0.95), "mean": g.mean(), "n": g.size()})
+
+
+def test_fleet_questions_equal_pandas_over_hours_and_late_rounds(store: Store) -> None:
+    # Two more hours: the second one's middle arrives last (as a backfill would), so
+    # the per-hour counter table must be recomputed, not appended to, to stay exact.
+    for ks, name in (
+        (range(95, 101), "early"),
+        (range(108, 116), "after"),
+        (range(101, 108), "late"),
+    ):
+        frame = concat_scrapes([scrape(k) for k in ks])
+        store.insert_scrape(frame, round_id=f"hours-{name}", backfilled=name == "late")
+    frame = store.frame()  # everything the module stored, whatever ran before
+    assert frame["timestamp"].dt.floor("h").nunique() >= 2
+
+    want = _pandas_commits(frame)
+    got = queries.top_commits(store, n=len(SVCS)).set_index("service_id")
+    got.index = got.index.astype(str)
+    assert set(got.index) == set(want.index)
+    want = want.reindex(got.index)
+    np.testing.assert_allclose(got["commits"], want["commits"], rtol=1e-12)
+    np.testing.assert_allclose(got["commits_per_s"], want["commits"] / want["dt"], rtol=1e-12)
+    assert got["resets"].tolist() == want["resets"].tolist()
+    assert want["resets"].sum() > 0  # the reset is in the data, and counted
+
+    want_p95 = _pandas_p95(frame)
+    p95 = queries.cpu_p95_per_hour(store)
+    p95 = p95.assign(service_id=p95["service_id"].astype(str)).set_index(["hour", "service_id"])
+    assert len(p95) == len(want_p95) > len(SVCS)
+    p95 = p95.reindex(want_p95.index)
+    np.testing.assert_allclose(p95["p95_cpu_percent"], want_p95["p95"], rtol=1e-9)
+    np.testing.assert_allclose(p95["mean_cpu_percent"], want_p95["mean"], rtol=1e-9)
+    assert p95["scrapes"].tolist() == want_p95["n"].tolist()
+
+
+def test_a_store_without_the_derived_tables_is_migrated_on_open(store: Store) -> None:
+    # A store made by the schema before service_scrapes and counters_1h: opening it
+    # creates them and fills them from raw samples, once.
+    before = queries.top_commits(store, n=len(SVCS)), queries.cpu_p95_per_hour(store)
+    for statement in (
+        "DROP VIEW service_scrapes_mv",
+        "DROP TABLE service_scrapes",
+        "DROP TABLE counters_1h",
+        "DROP TABLE migrations",
+    ):
+        store.client.command(statement)
+    with Store.open(f"chdb://{store.client.path}", database=store.database) as again:
+        assert sorted(again.query("SELECT step FROM migrations")["step"]) == [
+            "counters_1h",
+            "service_scrapes",
+        ]
+        assert rollups.migrate(again.client, again.database) == []  # nothing runs twice
+        after = queries.top_commits(again, n=len(SVCS)), queries.cpu_p95_per_hour(again)
+    for old, new in zip(before, after, strict=True):
+        pd.testing.assert_frame_equal(old, new, check_exact=False, rtol=1e-12)
+    # the view is back: a new round reaches the per-scrape table
+    n = store.query("SELECT count() AS n FROM service_scrapes")["n"][0]
+    store.insert_scrape(scrape(130), round_id="after-migration")
+    assert store.query("SELECT count() AS n FROM service_scrapes")["n"][0] == n + len(SVCS)
