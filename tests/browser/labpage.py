@@ -168,7 +168,14 @@ _AFTER_RUN_ALL = """() => {
     t => t.querySelectorAll("table tbody tr").length);
   const panels = [...document.querySelectorAll(".pgcloud-errors .pgcloud-error")]
     .filter(shown).map(e => e.innerText.trim().slice(0, 300));
-  return {widgets: views.length, filled: filled.length, charts, tables, panels};
+  // The tallest fleet-table row (one line of text is about 30 px), and progress boxes
+  // beside a progress line (tqdm's notebook bar has one; the package's line has none).
+  const rowHeights = [...document.querySelectorAll(".pgcloud-fleet-table table tbody tr")]
+    .map(r => Math.round(r.getBoundingClientRect().height));
+  const tallestRow = rowHeights.length ? Math.max(...rowHeights) : 0;
+  const progressBoxes = document.querySelectorAll(".jp-OutputArea-output .widget-hprogress").length;
+  return {widgets: views.length, filled: filled.length, charts, tables, panels, tallestRow,
+          progressBoxes};
 }"""
 
 

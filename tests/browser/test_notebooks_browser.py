@@ -159,5 +159,8 @@ def test_notebook_runs_in_jupyterlab(
         assert _chart_drawn(chart), f"the live chart shows no drawing after Run All: {chart}"
     for rows in seen["tables"]:
         assert rows > 0, "the fleet table shows no rows after Run All"
+    # one line a row, however many tags (chips stacked over lines made 73 px rows)
+    assert seen["tallestRow"] < 45, f"a fleet-table row is {seen['tallestRow']} px high"
+    assert not seen["progressBoxes"], "a progress line shows an empty progress box"
     if name in DARK:
         _dark_checks(page, name, artifacts, figures)
