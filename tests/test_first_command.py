@@ -147,8 +147,8 @@ def as_root(base: Path) -> Who:
 def as_user(base: Path) -> Iterator[Who]:
     """An unprivileged user with its own HOME: made here when root, else the current user."""
     if not IS_ROOT:
-        home = base / "user-home"
-        home.mkdir(mode=0o700)
+        # One per test (several tests run as this user in one module's base).
+        home = Path(tempfile.mkdtemp(prefix="user-home-", dir=base))
         sandbox_home = home / ".local/share/pgcloud-nb/sandbox"
         yield Who("user", home, os.getuid(), os.getgid(), sandbox_home, _env(home, base / "repo"))
         return
