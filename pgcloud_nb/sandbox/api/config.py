@@ -3,7 +3,9 @@
 A write answers with the whole configuration, plus the documented ``message``
 when some of it needs a restart to take effect (docs/api-behaviour.md, "The
 restart message"). A value PostgreSQL refuses changes nothing and is a 400
-naming the parameter.
+naming the parameter. A write to a service whose server is down is kept and
+loaded at its next start (docs/api-behaviour.md, "Config writes while the
+server is down").
 """
 
 from __future__ import annotations
@@ -33,12 +35,11 @@ class ConfigRoutes:
         body = await json_body_config(request)
         pg = {k: str(v) for k, v in body["pgConfig"].items()}
         bouncer = dict(body["pgBouncerConfig"])
-        if request.method == "PATCH":  # merge; POST replaces both sections
-            pg = {**row.pg_config, **pg}
-            bouncer = {**row.pg_bouncer_config, **bouncer}
-        pending = await self.life.apply_config(row, pg, bouncer)
-        updated = self.life.get(row.id)
-        assert updated is not None
+        # PATCH merges into the stored config, read under the service's lock so that
+        # writes at once keep each other's keys; POST replaces both sections.
+        updated, pending = await self.life.apply_config(
+            row, pg, bouncer, merge=request.method == "PATCH"
+        )
         result = config_view(updated, await self.life.max_connections(updated))
         if pending:  # `message` only when a restart is needed (docs/api-behaviour.md §8.3)
             result["message"] = restart_message(pending)

@@ -217,8 +217,9 @@ class Cluster:
                 path.unlink(missing_ok=True)
 
     def reload(self) -> None:
-        with self.superuser() as conn:
-            conn.execute("SELECT pg_reload_conf()")
+        """SIGHUP, what ``pg_reload_conf()`` sends, needs no session: a server still
+        recovering from a crash (taking no connections yet) rereads its files too."""
+        process.signal_reload(self.pgdata)
 
     # -- running
 

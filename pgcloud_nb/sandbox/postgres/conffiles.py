@@ -12,6 +12,9 @@ A service's data folder holds these files the sandbox writes:
 ``postgresql.conf`` includes the last two in that order, so user settings win.
 A new user file is checked before the server loads it (:func:`config_problem`)
 and then reloaded (:func:`reload_conf`), which reports what still needs a restart.
+A server that is down gets the file all the same, checked the way its next start
+will read it (:func:`keep_user_conf`); PostgreSQL's own parameter list then says
+what a change needs a restart for (:func:`restart_needed`).
 
 Split out of :mod:`postgres.cluster`, whose :class:`~pgcloud_nb.sandbox.postgres.cluster.Cluster`
 decides when to write, check and reload.
@@ -39,9 +42,11 @@ __all__ = [
     "base_settings",
     "check_names",
     "config_problem",
+    "keep_user_conf",
     "pending_restart",
     "reload_conf",
     "render_conf",
+    "restart_needed",
     "sync_user_conf",
 ]
 
@@ -145,6 +150,37 @@ def apply_user_conf(
         raise EngineError(f"server in {pgdata.parent} is not reachable: {e}") from e
 
 
+def keep_user_conf(
+    pgdata: Path,
+    bindir: Path,
+    settings: dict[str, str],
+    step: Callable[[str], object] = lambda name: None,
+) -> None:
+    """Replace the user settings file of a server that is not running (or not taking
+    connections): its next start loads it. ``postgres -C`` reads the files as that
+    start will, so a file it refuses is put back at once (:class:`ConfigValueError`)
+    rather than leaving a server that cannot start. ``step`` as in :func:`apply_user_conf`.
+    """
+    path = pgdata / USER_CONF
+    previous = path.read_text() if path.exists() else render_conf({}, USER_HEADER)
+    write_owned(
+        path, render_conf(settings, USER_HEADER), before_replace=lambda: step("file-staged")
+    )
+    step("file-replaced")
+    if problem := config_problem(bindir, pgdata):
+        write_owned(path, previous)
+        raise ConfigValueError(problem[0] or "", problem[1])
+
+
+def restart_needed(bindir: Path, before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """The parameters whose value differs between ``before`` and ``after`` (set, changed or
+    removed) that only a server start reads (``postmaster`` context), sorted: what a
+    running server's ``pg_settings.pending_restart`` would list, without asking one."""
+    contexts = _contexts(bindir)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    return sorted(k for k in changed if contexts.get(k) == "postmaster")
+
+
 def sync_user_conf(pgdata: Path, bindir: Path, settings: dict[str, str]) -> bool:
     """Make the user settings file hold ``settings`` (those this server knows, as
     :func:`apply_user_conf` writes them after :func:`split_supported`); True when it
@@ -178,10 +214,18 @@ def config_problem(bindir: Path, pgdata: Path) -> tuple[str | None, str] | None:
 
 
 @cache
+def _contexts(bindir: Path) -> dict[str, str]:
+    """Every parameter this PostgreSQL build knows, with its context (``postmaster``,
+    ``sighup``, ``user``…), from ``postgres --describe-config`` (name, context, …)."""
+    out = run_pg([bindir / "postgres", "--describe-config"], what="describe-config")
+    fields = (line.split("\t", 2) for line in out.splitlines() if line)
+    return {f[0]: (f[1] if len(f) > 1 else "") for f in fields}
+
+
+@cache
 def known_parameters(bindir: Path) -> frozenset[str]:
     """Every parameter this PostgreSQL build knows (``postgres --describe-config``)."""
-    out = run_pg([bindir / "postgres", "--describe-config"], what="describe-config")
-    return frozenset(line.split("\t", 1)[0] for line in out.splitlines() if line)
+    return frozenset(_contexts(bindir))
 
 
 def split_supported(bindir: Path, settings: dict[str, str]) -> tuple[dict[str, str], list[str]]:

@@ -40,6 +40,7 @@ __all__ = [
     "launch",
     "listening_in",
     "log_tail",
+    "signal_reload",
     "signal_stop",
     "wait_ready",
     "wait_stopped",
@@ -135,6 +136,17 @@ def listening_in(pgdata: Path) -> Path | None:
     if postmaster_pid(pgdata) is None or not lines or len(lines) < 5 or not lines[4].strip():
         return None
     return Path(lines[4].strip())
+
+
+def signal_reload(pgdata: Path) -> bool:
+    """Ask the postmaster of ``pgdata`` to reread its settings files (SIGHUP, what
+    ``pg_ctl reload`` sends), which needs no connection; False when none runs."""
+    pid = postmaster_pid(pgdata)
+    if pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGHUP)
+    return True
 
 
 def signal_stop(pgdata: Path, mode: str) -> int | None:

@@ -1,6 +1,10 @@
 """A service's configuration, written so that no crash leaves the API and the server disagreeing.
 
-A write (a POST or PATCH of ``/config``) goes in one order:
+A write (a POST or PATCH of ``/config``) holds the service's lock from its read
+of the stored configuration to its last step, so two writes at once run one
+after the other and a PATCH merges into what the one before it stored
+(:meth:`Configs.write`, which takes the lock, or :meth:`Configs.write_held`
+under the caller's). It goes in one order:
 
 1. **validate**: names and values by PostgreSQL's own checks (``postgres -C``,
    :func:`~pgcloud_nb.sandbox.postgres.conffiles.check_values`), no file
@@ -12,13 +16,17 @@ A write (a POST or PATCH of ``/config``) goes in one order:
 3. **write** the serving node's user settings file atomically and durably
    (temporary file, fsync, rename, fsync of the folder), then **reload**; the
    names still needing a restart are the answer's restart message
-   (docs/api-behaviour.md, "The restart message");
+   (docs/api-behaviour.md, "The restart message"). A serving node that is
+   down (stopped, killed, or not taking connections) keeps the file for its
+   next start instead, checked the way that start reads it, and PostgreSQL's
+   parameter list says what needs a restart (docs/api-behaviour.md,
+   "Config writes while the server is down");
 4. each HA standby gets the same file, and a reload when it runs;
 5. **settle**: the undo is dropped.
 
-Should the server refuse the file after all (its own check before loading it)
-or be unreachable, the previous file is put back and the undo committed: the
-write did not happen, and the API says so.
+Should the server refuse the file after all (its own check before loading it),
+the previous file is put back and the undo committed: the write did not
+happen, and the API says so.
 
 A sandbox killed anywhere in there is put right by :meth:`Configs.reconcile_all`,
 which the lifecycle runs at start before the API answers: a write in flight is
@@ -48,10 +56,13 @@ from pgcloud_nb.sandbox.postgres.cluster import Cluster
 from pgcloud_nb.sandbox.postgres.conffiles import (
     apply_user_conf,
     check_values,
+    keep_user_conf,
+    restart_needed,
     split_supported,
     sync_user_conf,
 )
-from pgcloud_nb.sandbox.services.context import Context
+from pgcloud_nb.sandbox.postgres.process import signal_reload
+from pgcloud_nb.sandbox.services.context import CONFIGURABLE, Context
 from pgcloud_nb.sandbox.services.hotstandby import standby_config
 from pgcloud_nb.sandbox.store import ServiceRow
 
@@ -97,6 +108,23 @@ def _apply(node: Cluster, applied: dict[str, str], steps: str | None) -> list[st
     return apply_user_conf(node.pgdata, node.bindir, applied, node.superuser, step)
 
 
+def _serve(node: Cluster, applied: dict[str, str], before: dict[str, str]) -> list[str]:
+    """The serving node takes ``applied`` (step 3): reloaded when it takes connections,
+    else kept for its next start; returns the names needing a restart."""
+    if node.is_running():
+        try:
+            return _apply(node, applied, "config:")
+        except ConfigValueError:
+            raise
+        except EngineError as exc:  # it went down meanwhile, or is recovering from a crash
+            log.warning("config of %s kept for its next start: %s", node.root.name, exc)
+    keep_user_conf(node.pgdata, node.bindir, applied, lambda name: reached("config:" + name))
+    # A postmaster alive but not taking connections (crash recovery, start-up) rereads
+    # its files on SIGHUP, which needs no connection; a dead one reads them when started.
+    signal_reload(node.pgdata)
+    return restart_needed(node.bindir, split_supported(node.bindir, before)[0], applied)
+
+
 class Configs:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -107,31 +135,35 @@ class Configs:
         self, row: ServiceRow, pg_config: dict[str, str], bouncer: dict[str, str]
     ) -> list[str]:
         """Make ``pg_config`` and ``bouncer`` the service's configuration (the module's
-        steps); returns the names still needing a restart."""
+        steps) under the service's lock; returns the names still needing a restart."""
+        async with self.ctx.lock(row.id):
+            return await self.write_held(row, pg_config, bouncer)
+
+    async def write_held(
+        self, row: ServiceRow, pg_config: dict[str, str], bouncer: dict[str, str]
+    ) -> list[str]:
+        """:meth:`write`, the caller holding the service's lock (``Context.lock``)."""
         ctx = self.ctx
-        async with ctx.lock(row.id):
-            row = ctx.current(row, "changing the configuration")
-            primary = ctx.cluster(row)
-            applied = await ctx.run(checked, primary, pg_config)
-            reached("config:validated")
-            undo = {"pg_config": row.pg_config, "pg_bouncer_config": row.pg_bouncer_config}
-            ctx.store.update(
-                row.id, pg_config=pg_config, pg_bouncer_config=bouncer, config_undo=undo
-            )
-            reached("config:committed")
-            try:
-                pending = await ctx.run(_apply, primary, applied, "config:")
-            except Exception:
-                reached("config:refused")
-                ctx.store.update(row.id, **undo, config_undo=None)
-                await ctx.run(write_user_conf, primary, row.pg_config)  # whatever failed
-                raise
-            reached("config:reloaded")
-            for node in ctx.layout.standbys(row):  # the same settings, as a standby can
-                await ctx.run(self._follow, node, standby_config(pg_config))
-                reached("config:standby-reloaded")
-            ctx.store.update(row.id, config_undo=None)
-            reached("config:settled")
+        row = ctx.current(row, "changing the configuration", CONFIGURABLE)
+        primary = ctx.cluster(row)
+        applied = await ctx.run(checked, primary, pg_config)
+        reached("config:validated")
+        undo = {"pg_config": row.pg_config, "pg_bouncer_config": row.pg_bouncer_config}
+        ctx.store.update(row.id, pg_config=pg_config, pg_bouncer_config=bouncer, config_undo=undo)
+        reached("config:committed")
+        try:
+            pending = await ctx.run(_serve, primary, applied, row.pg_config)
+        except Exception:
+            reached("config:refused")
+            ctx.store.update(row.id, **undo, config_undo=None)
+            await ctx.run(write_user_conf, primary, row.pg_config)  # whatever failed
+            raise
+        reached("config:reloaded")
+        for node in ctx.layout.standbys(row):  # the same settings, as a standby can
+            await ctx.run(self._follow, node, standby_config(pg_config))
+            reached("config:standby-reloaded")
+        ctx.store.update(row.id, config_undo=None)
+        reached("config:settled")
         return pending
 
     @staticmethod
@@ -152,7 +184,7 @@ class Configs:
         """Make every running service's servers run what the store says (blocking; at
         start, before the API answers and before stopped servers start)."""
         for row in self.ctx.store.rows():
-            if row.state not in IN_EFFECT:
+            if row.state not in IN_EFFECT and row.state not in CONFIGURABLE:
                 continue  # creates, restores and replicas cut short are made again
             try:
                 self.reconcile(row)

@@ -9,7 +9,8 @@ these; the parts depend on it and on each other, never on the lifecycle that
 assembles them, so the imports run one way.
 
 It also holds the state rules every operation checks (:data:`SETTLED`,
-:func:`require_running`, :meth:`Context.current`): a transition in flight is a 409.
+:data:`CONFIGURABLE`, :func:`require_running`, :meth:`Context.current`): a
+transition in flight is a 409.
 """
 
 from __future__ import annotations
@@ -29,18 +30,23 @@ from pgcloud_nb.sandbox.services.nodes import Layout
 from pgcloud_nb.sandbox.settings import Settings
 from pgcloud_nb.sandbox.store import ServiceRow, Store
 
-__all__ = ["SETTLED", "Context", "require_running"]
+__all__ = ["CONFIGURABLE", "SERVER_DOWN", "SETTLED", "Context", "require_running"]
 
 log = logging.getLogger("pgcloud_nb.sandbox")
 T = TypeVar("T")
 
 # States from which an operation may start; others are a transition in flight.
 SETTLED = {"running", "unavailable", "stopped"}
+# States a configuration write is taken in: a stopped service keeps it for its next
+# start (docs/api-behaviour.md, "Config writes while the server is down").
+CONFIGURABLE = ("running", "stopped")
+# The 409 of an operation only a server taking connections can do.
+SERVER_DOWN = "The server is not accepting connections right now."
 
 
-def require_running(row: ServiceRow, action: str) -> None:
-    if row.state != "running":
-        raise Conflict(f"Service is {row.state}; {action} needs it to be running.")
+def require_running(row: ServiceRow, action: str, states: tuple[str, ...] = ("running",)) -> None:
+    if row.state not in states:
+        raise Conflict(f"Service is {row.state}; {action} needs it to be {' or '.join(states)}.")
 
 
 class Context:
@@ -72,13 +78,15 @@ class Context:
                 return port
         raise RuntimeError("no free TCP port for a new service")
 
-    def current(self, row: ServiceRow, action: str) -> ServiceRow:
+    def current(
+        self, row: ServiceRow, action: str, states: tuple[str, ...] = ("running",)
+    ) -> ServiceRow:
         """The service as it is now, called under its lock: a switchover or a standby
         change that held the lock may have moved the primary or removed nodes."""
         found = self.store.get(row.id)
         if found is None:
             raise Conflict("Service is gone.")
-        require_running(found, action)
+        require_running(found, action, states)
         return found
 
     # -- locks, threads, tasks

@@ -96,10 +96,14 @@ class Followers:
             return
         for replica in self.replicas(primary):
             try:
-                config, changes = await self.for_replica(replica, replica.pg_config)
-                if not changes:
-                    continue
-                pending = await self.configs.write(replica, config, replica.pg_bouncer_config)
+                # Read and written under the replica's lock: a write of its own at the
+                # same moment is not lost.
+                async with ctx.lock(replica.id):
+                    now = ctx.current(replica, "following its primary")
+                    config, changes = await self.for_replica(now, now.pg_config)
+                    if not changes:
+                        continue
+                    pending = await self.configs.write_held(now, config, now.pg_bouncer_config)
                 await self.tell(replica, changes, pending)
             except Exception as exc:  # that replica only; restart_first tries again
                 log.warning("replica %s did not follow its primary: %s", replica.id, exc)

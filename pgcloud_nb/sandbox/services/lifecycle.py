@@ -35,6 +35,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from pgcloud_nb import regions
 from pgcloud_nb.sandbox.errors import Conflict, RequestRefused
 from pgcloud_nb.sandbox.insights.logs import LogQuery
@@ -45,7 +47,12 @@ from pgcloud_nb.sandbox.postgres.hardening import harden_clusters
 from pgcloud_nb.sandbox.services import access_lists
 from pgcloud_nb.sandbox.services.catalog import BackupEntry, catalog
 from pgcloud_nb.sandbox.services.configs import Configs
-from pgcloud_nb.sandbox.services.context import Context, require_running
+from pgcloud_nb.sandbox.services.context import (
+    CONFIGURABLE,
+    SERVER_DOWN,
+    Context,
+    require_running,
+)
 from pgcloud_nb.sandbox.services.followers import Followers
 from pgcloud_nb.sandbox.services.naming import generate_password, rename_hostname
 from pgcloud_nb.sandbox.services.provisioning import Provisioning
@@ -230,32 +237,49 @@ class Lifecycle:
     # -- password, config, name ---------------------------------------------
 
     async def set_password(self, row: ServiceRow, password: str | None) -> str:
-        """Set ``password``, or a new generated one when None; returns the one set."""
+        """Set ``password``, or a new generated one when None; returns the one set.
+
+        Only the server holds a password, so one that is down (stopped, killed) is a
+        409 and nothing changes (docs/api-behaviour.md §3.3)."""
         if password is None:
             password = generate_password()
         require_running(row, "a password reset")
         async with self._ctx.lock(row.id):
             row = self._ctx.current(row, "a password reset")
-            await self._ctx.run(self._ctx.cluster(row).set_password, password)
+            try:
+                await self._ctx.run(self._ctx.cluster(row).set_password, password)
+            except psycopg.OperationalError:
+                raise Conflict(f"{SERVER_DOWN} A password reset needs it running.") from None
         return password
 
     async def apply_config(
-        self, row: ServiceRow, pg_config: dict[str, str], bouncer: dict[str, str]
-    ) -> list[str]:
-        """Apply a whole new user config; returns what still needs a restart.
+        self, row: ServiceRow, pg_config: dict[str, str], bouncer: dict[str, str], *, merge: bool
+    ) -> tuple[ServiceRow, list[str]]:
+        """Apply a new user config: merged into the stored one (a PATCH) or replacing
+        it (a POST); returns the service as written and what still needs a restart.
 
-        Validated, stored, then written to the servers, in an order no crash can
-        split (:mod:`.configs`); a value PostgreSQL refuses changes nothing.
+        The merge reads the stored config under the service's lock, so writes at once
+        never lose one another's keys. Validated, stored, then written to the servers,
+        in an order no crash can split (:mod:`.configs`); a value PostgreSQL refuses
+        changes nothing. A server that is down keeps it for its next start.
         """
-        require_running(row, "changing the configuration")
+        ctx = self._ctx
+        require_running(row, "changing the configuration", CONFIGURABLE)
         changes: list[str] = []
-        if not row.is_primary:  # as a hot standby of its primary can run it (followers.py)
-            pg_config, changes = await self._followers.for_replica(row, pg_config)
-        pending = await self._configs.write(row, pg_config, bouncer)
+        async with ctx.lock(row.id):
+            row = ctx.current(row, "changing the configuration", CONFIGURABLE)
+            if merge:
+                pg_config = {**row.pg_config, **pg_config}
+                bouncer = {**row.pg_bouncer_config, **bouncer}
+            if not row.is_primary:  # as a hot standby of its primary can run it (followers.py)
+                pg_config, changes = await self._followers.for_replica(row, pg_config)
+            pending = await self._configs.write_held(row, pg_config, bouncer)
+            written = ctx.store.get(row.id)
+        assert written is not None
         await self._followers.tell(row, changes, pending)
         if row.is_primary:  # its replicas take raised values now; a restart restarts them first
             await self._followers.follow(row.id)
-        return pending
+        return written, pending
 
     async def max_connections(self, row: ServiceRow) -> str | None:
         """The server's max_connections when no user config sets it (what the config

@@ -27,7 +27,7 @@ from pgcloud_nb.sandbox.insights.statements import (
     Statement,
     read_statements,
 )
-from pgcloud_nb.sandbox.services.context import Context, require_running
+from pgcloud_nb.sandbox.services.context import SERVER_DOWN, Context, require_running
 from pgcloud_nb.sandbox.store import ServiceRow
 
 __all__ = ["APP_NAME", "QueryStats"]
@@ -78,7 +78,7 @@ class QueryStats:
         try:
             return await self.ctx.run(self._read, row, True)
         except psycopg.OperationalError:
-            raise Conflict("The server is not accepting connections right now.") from None
+            raise Conflict(SERVER_DOWN) from None
 
     def window(self, row: ServiceRow, key: Key, start: float, end: float) -> Counters:
         """A statement's counters accrued in [start, end), to the snapshots' resolution."""
