@@ -18,8 +18,8 @@ run at the same time:
   (a PNG, full or diff) are counted. Without that answer ipympl renders nothing.
 
 The chart has two metrics (a gauge with three series per service, and a counter
-drawn as a rate) over a 30-minute window, at its default size (9 × 2.4 in per
-panel, 96 dpi). Printed, never asserted:
+drawn as a rate) over a 30-minute window, at each path's default size (2.4 in
+high per panel at 96 dpi; 9 in wide for PNG frames, 680 px for ipympl). Printed, never asserted:
 
 - the median and p95 wall time of one update, and mean CPU time per update
   (wall times include waiting for a busy machine's CPU; CPU time does not);
