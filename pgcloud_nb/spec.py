@@ -13,6 +13,7 @@ problem as a :class:`FieldError` naming the field, in the API's own wording
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -30,6 +31,7 @@ __all__ = [
     "load",
     "pg_config_keys",
     "prepare",
+    "prepare_in_background",
     "resolved",
     "schema",
     "validate_body",
@@ -121,6 +123,18 @@ def prepare() -> None:
     """
     whole_string_validator()
     _registry()
+
+
+@cache
+def prepare_in_background() -> threading.Thread:
+    """Run :func:`prepare` in a daemon thread, once per process; the thread.
+
+    The sandbox's server starts it as it starts, and ``import pgcloud_nb.widgets`` does
+    too, so that a form's first check does not stall the kernel for the import.
+    """
+    thread = threading.Thread(target=prepare, name="pgcloud-nb-validation", daemon=True)
+    thread.start()
+    return thread
 
 
 def resolved(name: str) -> dict[str, Any]:

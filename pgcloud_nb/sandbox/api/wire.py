@@ -64,9 +64,7 @@ def prepare_validation() -> threading.Thread:
     The server answers meanwhile: its start does not wait for jsonschema's import, and
     a body that comes first waits only for what is left of it (the import's lock).
     """
-    thread = threading.Thread(target=spec.prepare, name="pgcloud-nb-validation", daemon=True)
-    thread.start()
-    return thread
+    return spec.prepare_in_background()
 
 
 def envelope(status: int, *, result: Any = None, error: str | None = None) -> dict[str, Any]:
