@@ -12,7 +12,7 @@ reading, changing, deleting, waiting for and connecting to them are here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
@@ -28,7 +28,7 @@ from .models import (
     tags_payload,
 )
 from .observability import Observability
-from .provisioning import Provisioning
+from .provisioning import IpAccessRule, Provisioning, access_changes_payload, changes_not_in_force
 from .redaction import redact, remember_secret
 from .requester import parse_model, parse_models
 from .waiters import DEFAULT_TIMEOUT, wait_for_gone, wait_for_state
@@ -37,6 +37,15 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["Client"]
+
+
+class _SendInstead(Exception):
+    """Raised by a lookup after a lost PATCH: send ``body``, what is left of it, instead.
+    Not a PgCloudError, so the requester lets it through as it is (its lookup rules)."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__("part of the change was in force")
+        self.body = body
 
 
 class Client(Provisioning, Configuration, Observability):
@@ -69,24 +78,69 @@ class Client(Provisioning, Configuration, Observability):
         size: str | None = None,
         ha_type: str | None = None,
         tags: Tags | None = None,
+        ip_access_add: Sequence[str | IpAccessRule] | None = None,
+        ip_access_remove: Sequence[str | Mapping[str, Any]] | None = None,
     ) -> PostgresService:
         """PATCH as an RFC 7396 merge patch: only the given fields are sent.
 
         ``tags`` replaces the whole tag list (``{}`` clears it). Size and HA changes
         land later: ``wait(id, settle={"size": size})`` waits until they read back.
+        ``ip_access_remove`` (rule ids, or rules as ``svc.model_extra["ipAccessList"]``
+        shows them) and ``ip_access_add`` (as ``create_service``'s ``ip_access_list``)
+        change the IP access rules; removals apply first. After a lost answer the rules
+        are read back, and only what is not in force yet is sent again.
         """
         body = {
             "name": name,
             "size": size,
             "haType": ha_type,
             "tags": tags_payload(tags),
+            "ipAccessList": access_changes_payload(ip_access_add, ip_access_remove),
         }
         body = {k: v for k, v in body.items() if v is not None}
         if not body:
-            raise ValueError("update_service needs at least one of name, size, ha_type, tags")
-        return parse_model(
-            PostgresService, self._req.call("PATCH", self._path(service_id), json=body)
+            raise ValueError(
+                "update_service needs at least one of name, size, ha_type, tags, "
+                "ip_access_add, ip_access_remove"
+            )
+        while True:
+            try:
+                return parse_model(PostgresService, self._patch(service_id, body))
+            except _SendInstead as left:  # part of it was in force: the rest, as a new call
+                body = left.body
+
+    def _patch(self, service_id: str, body: dict[str, Any]) -> Any:
+        """One PATCH of the service. Its merge-patch fields are idempotent, a rules
+        change is not (a rule added twice, an id removed twice: 400), so a lost answer
+        is followed by :meth:`_not_in_force` (docs/api-behaviour.md §2.3)."""
+        path = self._path(service_id)
+        if "ipAccessList" not in body:
+            return self._req.call("PATCH", path, json=body)
+        return self._req.call(
+            "PATCH", path, json=body, recover=lambda: self._not_in_force(service_id, body)
         )
+
+    def _not_in_force(self, service_id: str, body: dict[str, Any]) -> Any:
+        """After a PATCH of the rules whose answer was lost: the service as read when the
+        whole change is in force; None (send it again as it is) when none of it is; else
+        :class:`_SendInstead` with the body's other fields and the part not in force."""
+        data = self._req.call("GET", self._path(service_id))
+        shown = data.get("ipAccessList") if isinstance(data, dict) else None
+        if not isinstance(shown, list):
+            raise UnexpectedResponseError(
+                "the service read back shows no ipAccessList, so whether the change is in"
+                " force cannot be told"
+            )
+        change = body["ipAccessList"]
+        left = changes_not_in_force(change, shown)
+        if left == {k: v for k, v in change.items() if v}:
+            return None
+        rest = {k: v for k, v in body.items() if k != "ipAccessList"}
+        if left:
+            rest["ipAccessList"] = left
+        if not rest:
+            return data
+        raise _SendInstead(rest)
 
     def delete_service(self, service_id: str) -> None:
         """DELETE; the service goes to ``deleting``, then 404 (see :meth:`wait_gone`)."""

@@ -14,6 +14,7 @@ only password the API will ever send; the client keeps it, masked, for
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import unicodedata
@@ -34,15 +35,25 @@ from .models import (
 )
 from .requester import iso_time, parse_model, parse_models
 
-__all__ = ["IpAccessRule", "Provisioning", "access_list_payload"]
+__all__ = [
+    "IpAccessRule",
+    "Provisioning",
+    "access_changes_payload",
+    "access_list_payload",
+    "changes_not_in_force",
+]
 
 # A lost create response is matched to a listed service created at most this long
 # before the request began (clock skew between us and the API).
 CREATE_SKEW = timedelta(seconds=120)
 
+# A rule's ports when it names none: every port of the service (docs/api-behaviour.md §12.2).
+DEFAULT_PORT_RANGE = "5432..6432"
+MAX_RULE_ID = 64  # the live contract's bound on a rule id (pgcloud_nb.livecontract)
+
 
 class IpAccessRule(TypedDict, total=False):
-    """One rule of a new service's IP access list (docs/api-behaviour.md §12.2): who may
+    """One rule of a service's IP access list (docs/api-behaviour.md §12.2): who may
     connect from ``source`` (an address or CIDR range) to ``portRange`` (``"5432"`` or
     ``"5432..6432"``, every port of the service when left out)."""
 
@@ -51,17 +62,75 @@ class IpAccessRule(TypedDict, total=False):
     portRange: str
 
 
-def access_list_payload(rules: Sequence[str | IpAccessRule] | None) -> list[dict[str, str]] | None:
+def access_list_payload(
+    rules: Sequence[str | IpAccessRule] | None, field: str = "ip_access_list"
+) -> list[dict[str, str]] | None:
     """``rules`` in the API's form, checked here so that a mistake is a ValueError naming
-    the rule before anything is sent; a bare string is a rule's ``source``. ``[]`` stays
-    ``[]`` (no address may connect); None leaves the API's default (every address)."""
+    the rule (as ``field[i]``) before anything is sent; a bare string is a rule's
+    ``source``. ``[]`` stays ``[]`` (no address may connect); None is not sent: a create
+    gets the API's default rules, a restore or replica its source's (docs/api-behaviour.md
+    §12.2)."""
     if rules is None:
         return None
     if isinstance(rules, str | Mapping) or not isinstance(rules, Sequence):
-        raise TypeError("ip_access_list is a list of rules (sources or IpAccessRule dicts)")
+        raise TypeError(f"{field} is a list of rules (sources or IpAccessRule dicts)")
     if len(rules) > MAX_RULES:
-        raise ValueError(f"ip_access_list: at most {MAX_RULES} rules, got {len(rules)}")
-    return [_rule(rule, f"ip_access_list[{i}]") for i, rule in enumerate(rules)]
+        raise ValueError(f"{field}: at most {MAX_RULES} rules, got {len(rules)}")
+    out = [_rule(rule, f"{field}[{i}]") for i, rule in enumerate(rules)]
+    seen: dict[tuple[Any, ...], int] = {}
+    for i, rule in enumerate(out):  # the API refuses two rules admitting the same
+        j = seen.setdefault(_admits(rule), i)
+        if j != i:
+            raise ValueError(f"{field}[{i}]: admits the same network and ports as {field}[{j}]")
+    return out
+
+
+def access_changes_payload(
+    add: Sequence[str | IpAccessRule] | None, remove: Sequence[str | Mapping[str, Any]] | None
+) -> dict[str, list[dict[str, str]]] | None:
+    """A PATCH's ``ipAccessList``: ``{"remove": [{"id"}], "add": [rules]}`` (removals apply
+    first, docs/api-behaviour.md §12.2), checked as :func:`access_list_payload` checks a
+    list; a removal is a rule's id or the rule itself as GET shows it. None when neither
+    is given (the rules stay as they are)."""
+    if add is None and remove is None:
+        return None
+    out: dict[str, list[dict[str, str]]] = {}
+    if remove is not None:
+        if isinstance(remove, str | Mapping) or not isinstance(remove, Sequence):
+            raise TypeError("ip_access_remove is a list of rule ids (or rules read with their id)")
+        if len(remove) > MAX_RULES:
+            raise ValueError(f"ip_access_remove: at most {MAX_RULES} rules, got {len(remove)}")
+        ids: list[str] = []
+        for i, gone in enumerate(remove):
+            rid = gone.get("id") if isinstance(gone, Mapping) else gone
+            if not isinstance(rid, str) or not 0 < len(rid) <= MAX_RULE_ID:
+                raise ValueError(f"ip_access_remove[{i}]: a rule id, not {rid!r}")
+            if rid in ids:  # the API knows an id once: a second removal is refused
+                raise ValueError(f"ip_access_remove[{i}]: {rid!r} is removed twice")
+            ids.append(rid)
+        out["remove"] = [{"id": rid} for rid in ids]
+    if add is not None:
+        out["add"] = access_list_payload(add, "ip_access_add") or []
+    return out
+
+
+def changes_not_in_force(
+    change: Mapping[str, Any], shown: Sequence[Mapping[str, Any]]
+) -> dict[str, list[dict[str, str]]]:
+    """What of a PATCH's ``{remove, add}`` the rules ``shown`` (as GET reads them) do not
+    have yet: removals of ids still there, additions of networks and ports no rule admits
+    once those removals are done (a rule replaced by one for the same network stays to
+    do while the old one is there). Empty when the whole change is in force."""
+    ids = {r.get("id") for r in shown}
+    remove = [r for r in change.get("remove", []) if r["id"] in ids]
+    going = {r["id"] for r in remove}
+    admitted = set()
+    for rule in shown:
+        if rule.get("id") not in going:
+            with contextlib.suppress(KeyError, TypeError, ValueError):  # not ours to judge
+                admitted.add(_admits(rule))
+    add = [r for r in change.get("add", []) if _admits(r) not in admitted]
+    return {k: v for k, v in (("remove", remove), ("add", add)) if v}
 
 
 def _rule(rule: str | IpAccessRule, where: str) -> dict[str, str]:
@@ -98,6 +167,12 @@ def _rule(rule: str | IpAccessRule, where: str) -> dict[str, str]:
     ):
         raise ValueError(f"{where}.description: one line of at most {MAX_DESCRIPTION} characters")
     return out
+
+
+def _admits(rule: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The network and ports a checked rule admits: what makes two rules the same."""
+    low, _, high = str(rule.get("portRange", DEFAULT_PORT_RANGE)).partition("..")
+    return ipaddress.ip_network(rule["source"], strict=False), int(low), int(high or low)
 
 
 class Provisioning(ClientBase):
@@ -146,9 +221,18 @@ class Provisioning(ClientBase):
         tags: Tags | None = None,
         pg_config: Mapping[str, Any] | None = None,
         pg_bouncer_config: Mapping[str, Any] | None = None,
+        ip_access_list: Sequence[str | IpAccessRule] | None = None,
     ) -> PostgresService:
-        """POST …/readReplica: a new service (``is_primary=False``) replaying the primary's WAL."""
-        body = {"name": name, **self._extras(tags, pg_config, pg_bouncer_config)}
+        """POST …/readReplica: a new service (``is_primary=False``) replaying the primary's WAL.
+
+        ``ip_access_list`` is the replica's own rules, as for :meth:`create_service`
+        (``[]`` admits no address); without it the replica has its primary's.
+        """
+        body = {
+            "name": name,
+            **self._extras(tags, pg_config, pg_bouncer_config),
+            "ipAccessList": access_list_payload(ip_access_list),
+        }
         replica = self._create_like(
             self._path(service_id, "readReplica"), body, name, kind="replica"
         )
@@ -166,12 +250,18 @@ class Provisioning(ClientBase):
         tags: Tags | None = None,
         pg_config: Mapping[str, Any] | None = None,
         pg_bouncer_config: Mapping[str, Any] | None = None,
+        ip_access_list: Sequence[str | IpAccessRule] | None = None,
     ) -> PostgresService:
-        """POST …/restoredService: a new service from the source's backups at ``restore_target``."""
+        """POST …/restoredService: a new service from the source's backups at ``restore_target``.
+
+        ``ip_access_list`` is the new service's rules, as for :meth:`create_service`
+        (``[]`` admits no address); without it the new service has the source's.
+        """
         body = {
             "name": name,
             "restoreTarget": iso_time(restore_target),
             **self._extras(tags, pg_config, pg_bouncer_config),
+            "ipAccessList": access_list_payload(ip_access_list),
         }
         restored = self._create_like(
             self._path(service_id, "restoredService"), body, name, kind="restore"

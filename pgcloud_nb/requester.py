@@ -24,12 +24,12 @@ Retry rules:
 Resending a call whose earlier attempt may have been served depends on what a second
 copy would do (docs/api-behaviour.md §2.3):
 
-- Idempotent calls are resent as they are: GETs, PATCH of a service, both config writes,
-  a password reset with a given password. A reset that has the password generated is
-  resent too: the answer that arrives carries the password then in force.
-- ``recover`` (create, restore and read replica; promote): before each resend, and
-  before giving up, it looks for what the lost attempt did (a new service of that name;
-  the replica now a primary). What it finds is the answer, and nothing is sent again.
+- Idempotent calls are resent as they are: GETs, PATCH of a service (of its IP access
+  rules: ``recover``), both config writes, a password reset with a given password. One that
+  has the password generated is resent too: the answer carries the password in force.
+- ``recover`` (create, restore, read replica; promote; rules): before each resend and
+  before giving up, it looks for what the lost attempt did (a new service of that name; a
+  primary; rules in force, else only the rest is sent). What it finds is the answer.
 - ``gone_ok`` (DELETE): a 404 means the earlier attempt did the job.
 - ``under_way`` (restart: ``"restarting"``; DELETE: ``"deleting"``): a 409 saying the
   service *is* in that state means the earlier attempt was served and is in progress,

@@ -5,8 +5,8 @@ and then, for the requests a test picks, loses the answer (the connection drops
 after the server handled it, as the sandbox's ``drop`` fault does) or answers 500
 without acting (as its injected 5xx do). The client cannot tell these apart, so
 each test checks what the server ended up doing: one service made, one restart,
-one promote, no second switchover. The rules are in :mod:`pgcloud_nb.requester`'s
-docstring (docs/api-behaviour.md §2.3).
+one promote, no second switchover, no IP access rule added or removed twice. The
+rules are in :mod:`pgcloud_nb.requester`'s docstring (docs/api-behaviour.md §2.3).
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class FakeAPI:
 
     ``lose[(method, kind)]`` lists which attempts (1-based, per method and kind of
     path) lose their answer: ``"drop"`` after acting on it, ``"500"`` before; ``"429"``
-    refuses it before acting (the rate limit). ``list_lag`` hides a new service from the
+    refuses it before acting (the rate limit); ``"part"`` answers 500 after a PATCH's
+    rule removals only (a change that partly succeeded). ``list_lag`` hides a new service from the
     list for that many seconds of the client's (fake) clock; ``restart_leaves`` is the
     state a restart puts the service in; ``strict_delete`` answers a DELETE of a service
     already ``deleting`` with a 409 instead of a 200.
@@ -80,6 +81,8 @@ class FakeAPI:
         self.refuse_list = False
         self.restart_leaves = "restarting"
         self.strict_delete = False
+        self.patches: list[dict[str, Any]] = []  # the PATCH bodies of services it acted on
+        self.hidden = {"password"}  # fields a GET leaves out
 
     def add(self, name: str, **fields: Any) -> dict[str, Any]:
         svc = {
@@ -107,6 +110,10 @@ class FakeAPI:
         if fault == "429":
             return envelope(429, error="Rate limit exceeded")
         body = json.loads(request.content) if request.content else {}
+        if fault == "part":
+            removals = {"remove": body["ipAccessList"].get("remove", [])}
+            self.act(request.method, parts, {"ipAccessList": removals})
+            return envelope(500, error="Internal server error")
         response = self.act(request.method, parts, body)
         if fault == "drop":
             raise httpx.RemoteProtocolError("peer closed connection", request=request)
@@ -128,7 +135,7 @@ class FakeAPI:
             return envelope(404, error="NOT_FOUND: no such service")
         tail = parts[1:]
         if method == "GET" and not tail:
-            return envelope(200, {k: v for k, v in svc.items() if k != "password"})
+            return envelope(200, {k: v for k, v in svc.items() if k not in self.hidden})
         if method == "DELETE":
             if svc["state"] == "deleting" and self.strict_delete:
                 return envelope(409, error="CONFLICT: Service is deleting.")
@@ -137,6 +144,8 @@ class FakeAPI:
             self.done["delete"] += svc["state"] == "running"
             svc["state"] = "deleting"
             return envelope(200)
+        if method == "PATCH" and not tail:
+            return self.patch(svc, body)
         if tail == ["state"]:
             return self.command(svc, body["command"])
         if tail == ["password"]:
@@ -150,6 +159,31 @@ class FakeAPI:
         replica = tail == ["readReplica"]
         state = "creating" if replica else "restoring_backup"
         return envelope(200, self.add(body["name"], state=state, isPrimary=not replica))
+
+    def patch(self, svc: dict[str, Any], body: dict[str, Any]) -> httpx.Response:
+        """A merge patch; its ``ipAccessList`` change all or nothing, removals first, a rule
+        unknown or admitting what another does a 400 (docs/api-behaviour.md §12.2)."""
+        rules = list(svc.get("ipAccessList", []))
+        change = body.get("ipAccessList", {})
+        for i, gone in enumerate(change.get("remove", [])):
+            if not any(r["id"] == gone["id"] for r in rules):
+                where = f"ipAccessList.remove[{i}].id"
+                return envelope(400, error=f"BAD_REQUEST: {where}: the service has no rule")
+            rules = [r for r in rules if r["id"] != gone["id"]]
+        for i, new in enumerate(change.get("add", [])):
+            rule = {"id": str(uuid.uuid4()), "description": "", "portRange": "5432..6432", **new}
+            if any(
+                (r["source"], r["portRange"]) == (rule["source"], rule["portRange"]) for r in rules
+            ):
+                where = f"ipAccessList.add[{i}]"
+                return envelope(400, error=f"BAD_REQUEST: {where}: admits the same as a rule")
+            rules.append(rule)
+        self.done["patch"] += 1
+        self.patches.append(body)
+        svc.update({k: v for k, v in body.items() if k != "ipAccessList"})
+        if change:
+            svc["ipAccessList"] = rules
+        return envelope(200, svc)
 
     def command(self, svc: dict[str, Any], command: str) -> httpx.Response:
         if command == "promote":
@@ -392,3 +426,89 @@ def test_a_first_attempt_400_on_promote_is_raised() -> None:
     sid = api.add("db")["id"]
     with pytest.raises(BadRequestError, match="is a primary"):
         client.promote(sid)
+
+
+# -- PATCH of a service: its IP access rules ---------------------------------------------------
+
+OLD = {"id": "rule-old", "source": "0.0.0.0/0", "description": "", "portRange": "5432"}
+NEW = {"source": "10.0.0.0/8", "description": "office"}
+
+
+def with_rules(lose: dict[int, str]) -> tuple[Client, FakeAPI, str]:
+    client, api = make({("PATCH", "{id}"): lose})
+    return client, api, api.add("db", ipAccessList=[OLD])["id"]
+
+
+def sources(api: FakeAPI, sid: str) -> list[str]:
+    return [r["source"] for r in api.services[sid]["ipAccessList"]]
+
+
+def test_a_lost_rules_change_in_force_is_read_back_not_sent_again() -> None:
+    client, api, sid = with_rules(DROP_FIRST)
+    svc = client.update_service(sid, ip_access_remove=[OLD], ip_access_add=[NEW])
+    assert api.done["patch"] == 1 and sources(api, sid) == ["10.0.0.0/8"]
+    assert (svc.model_extra or {})["ipAccessList"] == api.services[sid]["ipAccessList"]
+    assert api.log == ["PATCH {id}", "sleep 2", "GET {id}"]
+
+
+def test_a_rules_change_not_in_force_is_sent_again_as_it_is() -> None:
+    client, api, sid = with_rules({1: "500"})
+    client.update_service(sid, ip_access_remove=[OLD], ip_access_add=[NEW])
+    assert api.done["patch"] == 1 and sources(api, sid) == ["10.0.0.0/8"]
+    assert api.log == ["PATCH {id}", "sleep 2", "GET {id}", "PATCH {id}"]
+
+
+@pytest.mark.parametrize(("first", "sent"), [("drop", 1), ("500", 2)])
+def test_a_rule_replaced_by_one_for_the_same_network_is_judged_by_both(
+    first: str, sent: int
+) -> None:
+    # Only the description changes. The old rule admits the new one's network and ports,
+    # but it is removed first: while it is there, the addition is not in force either.
+    client, api, sid = with_rules({1: first})
+    relabelled = {"source": "0.0.0.0/0", "portRange": "5432", "description": "everyone"}
+    client.update_service(sid, ip_access_remove=[OLD], ip_access_add=[relabelled])
+    assert api.done["patch"] == 1 and api.seen[("PATCH", "{id}")] == sent
+    assert [r["description"] for r in api.services[sid]["ipAccessList"]] == ["everyone"]
+
+
+def test_only_the_part_not_in_force_is_sent_again() -> None:
+    client, api, sid = with_rules({1: "part"})  # the removal done, the addition not
+    client.update_service(sid, name="renamed", ip_access_remove=[OLD], ip_access_add=[NEW])
+    assert sources(api, sid) == ["10.0.0.0/8"] and api.services[sid]["name"] == "renamed"
+    assert api.patches[-1] == {"name": "renamed", "ipAccessList": {"add": [NEW]}}
+    assert api.log == ["PATCH {id}", "sleep 2", "GET {id}", "PATCH {id}"]
+
+
+def test_with_the_rules_in_force_the_other_fields_are_sent_again_alone() -> None:
+    client, api, sid = with_rules(DROP_FIRST)
+    svc = client.update_service(sid, name="renamed", ip_access_add=[NEW])
+    assert api.patches == [
+        {"name": "renamed", "ipAccessList": {"add": [NEW]}},
+        {"name": "renamed"},  # a merge patch: the same effect again
+    ]
+    assert svc.name == "renamed" and sources(api, sid) == ["0.0.0.0/0", "10.0.0.0/8"]
+
+
+def test_a_rules_change_that_never_lands_gives_up_saying_it_may_have() -> None:
+    client, api, sid = with_rules({1: "500", 2: "500", 3: "500", 4: "500"})
+    with pytest.raises(ServerError) as info:
+        client.update_service(sid, ip_access_add=[NEW])
+    assert api.done["patch"] == 0 and api.log.count("GET {id}") == 4
+    assert any(MAY_BE_DONE in note for note in info.value.__notes__)
+
+
+def test_rules_that_cannot_be_read_back_are_not_sent_again() -> None:
+    client, api = make({("PATCH", "{id}"): DROP_FIRST})
+    api.hidden.add("ipAccessList")  # an API whose GET does not show the rules
+    sid = api.add("db")["id"]
+    with pytest.raises(TransportError) as info:
+        client.update_service(sid, ip_access_add=[NEW])
+    assert api.seen[("PATCH", "{id}")] == 1 and api.done["patch"] == 1
+    notes = "\n".join(info.value.__notes__)
+    assert "cannot be told" in notes and MAY_BE_DONE in notes
+
+
+def test_a_lost_merge_patch_without_rules_is_sent_again_unread() -> None:
+    client, api, sid = with_rules(DROP_FIRST)
+    client.update_service(sid, tags={"env": "prod"})
+    assert api.log == ["PATCH {id}", "sleep 2", "PATCH {id}"] and api.done["patch"] == 2
