@@ -1,7 +1,7 @@
 """Fleet questions over the stored history, each one SQL statement answered as a DataFrame.
 
 - :func:`cpu_p95_per_hour`: p95 of CPU % (per scrape, from counter rates) per service
-  and hour, from the per-scrape CPU table.
+  and hour, from the hourly CPU table.
 - :func:`connections_per_hour` and :func:`connection_trends`: connections (all
   states) per hour from the hourly rollup, and the services whose count trends up
   (a least-squares slope per day and its fit).
@@ -49,40 +49,46 @@ class _Queryable(Protocol):
 
 
 def _hour_where(start: Time, end: Time, metric: str, tag: str = "") -> tuple[str, dict[str, Any]]:
-    """A WHERE over an hourly table: whole hours that start in [start, end)."""
-    sql, params = where(start, end, None, [metric], tag=tag)
+    """A WHERE over an hourly table: whole hours that start in [start, end) (and of
+    ``metric``, unless '')."""
+    sql, params = where(start, end, None, [metric] if metric else None, tag=tag)
     return sql.replace("ts >=", "hour >=").replace("ts <", "hour <"), params
 
 
 def cpu_p95_per_hour(store: _Queryable, start: Time = None, end: Time = None) -> pd.DataFrame:
-    """``hour, service_id, service_name, p95_cpu_percent, mean_cpu_percent, scrapes``.
+    """``hour, service_id, service_name, p95_cpu_percent, mean_cpu_percent, scrapes``
+    for the whole hours that start in [start, end).
 
     CPU % at each scrape is :func:`pgcloud_nb.metrics.derived`'s (non-idle CPU
     seconds per second over CPUCores × 100); the p95 is exact (``quantileExactInclusive``,
     numpy's default interpolation), over the scrapes of that hour.
 
-    Read from ``service_scrapes`` (:mod:`~pgcloud_nb.collect.rollups`), where the
-    non-idle modes are already summed per scrape: the counter is differenced once a
-    service instead of once a mode. It equals the per-mode rule
+    Read from ``cpu_1h`` (:mod:`~pgcloud_nb.collect.rollups`): each hour's CPU % of
+    its scrapes, plus, computed here, the first scrape's against the last of the
+    service's previous hour in the range. The non-idle modes are summed per scrape
+    before the counter is differenced: it equals the per-mode rule
     (:func:`~pgcloud_nb.collect.sqlrates.derived_sql`) because a restart resets every
     mode's counter at once; a scrape missing some modes would differ.
     """
-    # FINAL merges a scrape's partial rows first; the mode count is tested after it.
-    where_sql, params = where(start, end)
-    sql = f"""WITH pct AS (
-    SELECT service_id, p.1 AS ts, p.2 AS name,
-      if(p.3 < q.3, p.3, p.3 - q.3)
-        / ((toUnixTimestamp64Micro(p.1) - toUnixTimestamp64Micro(q.1)) / 1e6) / p.4 * 100 AS cpu
-    FROM (SELECT service_id,
-            arraySort(x -> x.1, groupArrayIf((ts, service_name, cpu_busy, ifNull(cores, nan)),
-              cpu_modes > 0)) AS s
-          FROM service_scrapes FINAL {where_sql} GROUP BY service_id)
-    ARRAY JOIN arrayPopFront(s) AS p, arrayPopBack(s) AS q
-    WHERE p.1 > q.1 AND NOT isNaN(cpu))
-SELECT toStartOfHour(ts) AS hour, service_id, argMax(name, ts) AS service_name,
-  quantileExactInclusive(0.95)(cpu) AS p95_cpu_percent, avg(cpu) AS mean_cpu_percent,
-  count() AS scrapes
-FROM pct GROUP BY hour, service_id ORDER BY hour, service_id"""
+    where_sql, params = _hour_where(start, end, "")
+    pct = (
+        "if(k > 1 AND first_ts > prev_ts, [if(first_busy < prev_busy, first_busy, first_busy"
+        " - prev_busy) / ((toUnixTimestamp64Micro(first_ts) - toUnixTimestamp64Micro(prev_ts))"
+        " / 1e6) / first_cores * 100], [])"
+    )
+    sql = f"""SELECT hour, service_id, service_name,
+  arrayReduce('quantileExactInclusive(0.95)', v) AS p95_cpu_percent,
+  arrayAvg(v) AS mean_cpu_percent, length(v) AS scrapes
+FROM (
+  SELECT service_id, h.1 AS hour, h.2 AS service_name, h.3 AS first_ts, h.4 AS first_busy,
+    h.5 AS first_cores, g.6 AS prev_ts, g.7 AS prev_busy,
+    arrayConcat(arrayFilter(x -> NOT isNaN(x), {pct}), h.8) AS v
+  FROM (
+    SELECT service_id, arraySort(x -> x.1, groupArray((hour, service_name, first_ts,
+      first_busy, first_cores, last_ts, last_busy, cpu))) AS hs
+    FROM cpu_1h FINAL {where_sql} GROUP BY service_id)
+  ARRAY JOIN hs AS h, arrayPushFront(arrayPopBack(hs), hs[1]) AS g, arrayEnumerate(hs) AS k)
+WHERE notEmpty(v) ORDER BY hour, service_id"""
     return store.query(sql, params)
 
 

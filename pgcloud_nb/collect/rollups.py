@@ -20,8 +20,12 @@ per question. Two tables do that work once, as data arrives:
   aggregate state can merge "increase with resets" of samples inserted out of order
   (a backfill fills the middle of an hour), so this table is not a view: the store
   recomputes the hours a round touched from raw samples after inserting it
-  (:func:`refresh_counters`), a ReplacingMergeTree by ``version`` keeping the newest.
+  (:func:`refresh`), a ReplacingMergeTree by ``version`` keeping the newest.
   Kept as long as the hourly rollup.
+- ``cpu_1h``: the same for CPU %, per service and hour from ``service_scrapes``: the
+  CPU % of each scrape paired with the one before it in the hour (an array), and the
+  hour's first and last scrape, so that a query pairs consecutive hours itself. An
+  hour's p95 is then a quantile over one array, not a sort of the week's scrapes.
 
 A store made before these tables existed gets them on open: :func:`migrate` runs each
 step not yet listed in ``migrations`` (so twice is harmless), backfilling from raw.
@@ -29,7 +33,7 @@ step not yet listed in ``migrations`` (so twice is harmless), backfilling from r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -37,9 +41,9 @@ from ..metrics import CORES, CPU
 from .schema import SERIES_KEY, TS
 from .sqlrates import counter_test, utc
 
-__all__ = ["TABLES", "VIEWS", "ddl", "migrate", "refresh_counters", "ttl_statements"]
+__all__ = ["TABLES", "VIEWS", "ddl", "migrate", "ready", "refresh", "ttl_statements"]
 
-TABLES = ("service_scrapes", "counters_1h", "migrations")
+TABLES = ("service_scrapes", "counters_1h", "cpu_1h", "migrations")
 VIEWS = ("service_scrapes_mv",)
 _BUSY = f"metric = '{CPU}' AND mode != 'idle'"
 _KEY = ", ".join(SERIES_KEY)
@@ -92,6 +96,21 @@ SETTINGS non_replicated_deduplication_window = 10000, ttl_only_drop_parts = 1"""
 PARTITION BY toYYYYMM(hour)
 ORDER BY (metric, service_id, mode, state, database, extra, hour)
 TTL hour + toIntervalSecond({_seconds(rollup_ttl)})""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.cpu_1h (
+  service_id LowCardinality(String),
+  hour DateTime('UTC') CODEC(DoubleDelta, ZSTD(1)),
+  service_name LowCardinality(String),
+  first_ts {TS} CODEC(Delta, ZSTD(1)),
+  first_busy Float64 CODEC(ZSTD(3)),
+  first_cores Float64 CODEC(ZSTD(1)),
+  last_ts {TS} CODEC(Delta, ZSTD(1)),
+  last_busy Float64 CODEC(ZSTD(3)),
+  cpu Array(Float64) CODEC(ZSTD(3)),
+  version {TS}
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(hour)
+ORDER BY (service_id, hour)
+TTL hour + toIntervalSecond({_seconds(rollup_ttl)})""",
         f"""CREATE TABLE IF NOT EXISTS {db}.migrations (
   step String,
   at {TS} DEFAULT now64(6)
@@ -104,7 +123,10 @@ def ttl_statements(database: str, *, raw_ttl: timedelta, rollup_ttl: timedelta) 
     return [
         f"ALTER TABLE {db}.service_scrapes MODIFY TTL toDateTime(ts) + toIntervalSecond("
         f"{_seconds(raw_ttl)})",
-        f"ALTER TABLE {db}.counters_1h MODIFY TTL hour + toIntervalSecond({_seconds(rollup_ttl)})",
+        *(
+            f"ALTER TABLE {db}.{t} MODIFY TTL hour + toIntervalSecond({_seconds(rollup_ttl)})"
+            for t in ("counters_1h", "cpu_1h")
+        ),
     ]
 
 
@@ -135,17 +157,39 @@ FROM (
   GROUP BY {_KEY}, extra_key, hour)"""
 
 
-def refresh_counters(client: _Client, database: str, start: datetime, end: datetime) -> None:
-    """Recompute ``counters_1h`` for the hours that ``[start, end]`` touches."""
+def _cpu_select(db: str, where_sql: str) -> str:
+    """Each service's hours of ``service_scrapes``: the CPU % of every scrape paired with
+    the one before it in the hour (NaN-free), and the hour's first and last scrape."""
+    pct = (
+        "if(tb > ta, if(bb < ba, bb, bb - ba) / ((toUnixTimestamp64Micro(tb) "
+        "- toUnixTimestamp64Micro(ta)) / 1e6) / cb * 100, nan)"
+    )
+    return f"""SELECT service_id, hour, service_name, t[1] AS first_ts, b[1] AS first_busy,
+  c[1] AS first_cores, t[-1] AS last_ts, b[-1] AS last_busy,
+  arrayFilter(x -> NOT isNaN(x), arrayMap((tb, ta, bb, ba, cb) -> {pct}, arrayPopFront(t),
+    arrayPopBack(t), arrayPopFront(b), arrayPopBack(b), arrayPopFront(c))) AS cpu,
+  now64(6) AS version
+FROM (
+  SELECT service_id, toStartOfHour(ts) AS hour, argMax(service_name, ts) AS service_name,
+    groupArrayIf(ts, cpu_modes > 0) AS t0, arraySort(t0) AS t,
+    arraySort((x, y) -> y, groupArrayIf(cpu_busy, cpu_modes > 0), t0) AS b,
+    arraySort((x, y) -> y, groupArrayIf(ifNull(cores, nan), cpu_modes > 0), t0) AS c
+  FROM {db}.service_scrapes FINAL {where_sql}
+  GROUP BY service_id, hour HAVING notEmpty(t0))"""
+
+
+def refresh(client: _Client, database: str, start: datetime, end: datetime) -> None:
+    """Recompute ``counters_1h`` and ``cpu_1h`` for the hours ``[start, end]`` touches."""
     db = f"`{database}`"
     where_sql = (
         "WHERE ts >= toStartOfHour({lo:DateTime64(6, 'UTC')}) "
         "AND ts < toStartOfHour({hi:DateTime64(6, 'UTC')}) + INTERVAL 1 HOUR"
     )
-    client.command(
-        f"INSERT INTO {db}.counters_1h {_counters_select(db, where_sql)}",
-        parameters={"lo": utc(start), "hi": utc(end)},
-    )
+    for table, select in (("counters_1h", _counters_select), ("cpu_1h", _cpu_select)):
+        client.command(
+            f"INSERT INTO {db}.{table} {select(db, where_sql)}",
+            parameters={"lo": utc(start), "hi": utc(end)},
+        )
 
 
 def _steps(db: str) -> Sequence[tuple[str, list[str]]]:
@@ -153,7 +197,7 @@ def _steps(db: str) -> Sequence[tuple[str, list[str]]]:
 
     ``service_scrapes``: emptied and backfilled before its view exists, so no sample
     is summed twice (on a server, a round inserted between the two lands in raw
-    samples only); ``counters_1h``: every hour from raw (replacing rows is harmless).
+    samples only); ``counters_1h`` and ``cpu_1h``: every hour (replacing rows is harmless).
     """
     return [
         (
@@ -167,13 +211,30 @@ def _steps(db: str) -> Sequence[tuple[str, list[str]]]:
             ],
         ),
         ("counters_1h", [f"INSERT INTO {db}.counters_1h {_counters_select(db, 'WHERE 1')}"]),
+        ("cpu_1h", [f"INSERT INTO {db}.cpu_1h {_cpu_select(db, '')}"]),
     ]
+
+
+def _done(client: _Client, db: str) -> set[str]:
+    return {str(r[0]) for r in client.query(f"SELECT step FROM {db}.migrations").result_rows}
+
+
+def ready(client: _Client, database: str, names: Iterable[str]) -> bool:
+    """Whether the tables and views ``names`` exist and no step is pending: then an
+    open needs no DDL (two reads instead of a dozen statements, on every round of a
+    collector that opens the embedded store per round)."""
+    found = client.query(
+        "SELECT name FROM system.tables WHERE database = {db:String}", parameters={"db": database}
+    ).result_rows
+    if not set(names) <= {str(r[0]) for r in found}:
+        return False
+    return {step for step, _ in _steps(f"`{database}`")} <= _done(client, f"`{database}`")
 
 
 def migrate(client: _Client, database: str) -> list[str]:
     """Run the steps ``migrations`` does not list yet; returns their names."""
     db = f"`{database}`"
-    done = {str(r[0]) for r in client.query(f"SELECT step FROM {db}.migrations").result_rows}
+    done = _done(client, db)
     ran = []
     for step, statements in _steps(db):
         if step in done:

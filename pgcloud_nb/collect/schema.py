@@ -47,6 +47,7 @@ __all__ = [
     "SERIES_KEY",
     "TABLES",
     "TS",
+    "VIEWS",
     "ddl",
     "drop_statements",
     "ttl_statements",
@@ -57,7 +58,7 @@ __all__ = [
 LABELS = ("mode", "state", "database", "postgres_status", "postgres_version")
 SERIES_KEY = ("metric", "service_id", "mode", "state", "database")
 TABLES = ("samples", "samples_1h", "service_last", "rounds", "metric_types", "services")
-_VIEWS = ("samples_1h_mv", "service_last_mv")
+VIEWS = ("samples_1h_mv", "service_last_mv")
 # quantile levels kept in the hourly t-digest state
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 _Q = ", ".join(str(q) for q in QUANTILES)
@@ -170,6 +171,6 @@ def ttl_statements(database: str, *, raw_ttl: timedelta, rollup_ttl: timedelta) 
 def drop_statements(database: str) -> list[str]:
     """Views first, so that no view is left pointing at a dropped table."""
     db = f"`{database}`"
-    return [f"DROP VIEW IF EXISTS {db}.{v}" for v in _VIEWS] + [
+    return [f"DROP VIEW IF EXISTS {db}.{v}" for v in VIEWS] + [
         f"DROP TABLE IF EXISTS {db}.{t}" for t in TABLES
     ]

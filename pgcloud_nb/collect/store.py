@@ -145,10 +145,12 @@ class Store:
             wait = EMBEDDED_WAIT if kwargs.get("interface") == "chdb" else 0.0
         boot = _connect(kwargs, "default", wait)
         try:
-            ttls = {"raw_ttl": raw_ttl, "rollup_ttl": rollup_ttl}
-            for statement in [*schema.ddl(db, **ttls), *rollups.ddl(db, **ttls)]:
-                boot.command(statement)
-            rollups.migrate(boot, db)  # a store made before the derived tables gets them
+            every = (*schema.TABLES, *schema.VIEWS, *rollups.TABLES, *rollups.VIEWS)
+            if not rollups.ready(boot, db, every):
+                ttls = {"raw_ttl": raw_ttl, "rollup_ttl": rollup_ttl}
+                for statement in [*schema.ddl(db, **ttls), *rollups.ddl(db, **ttls)]:
+                    boot.command(statement)
+                rollups.migrate(boot, db)  # a store made before the derived tables gets them
             client = _connect(kwargs, db, wait)
         finally:
             boot.close()
@@ -171,15 +173,16 @@ class Store:
 
         Idempotent per ``round_id``: a listed round is skipped, and the samples of a
         round cut short before its ``rounds`` row are dropped by deduplication. The
-        hours the round touches are recomputed in ``counters_1h`` (:mod:`.rollups`).
+        hours the round touches are recomputed in the hourly tables of :mod:`.rollups`.
         """
         if self.has_round(round_id):
             return 0
         self._insert_samples(frame, round_id=round_id, backfilled=backfilled)
-        if len(frame):  # before the round's row: a round cut short refreshes when run again
-            stamps = pd.DatetimeIndex(frame["timestamp"])
-            rollups.refresh_counters(self.client, self.database, stamps.min(), stamps.max())
         self._record_types(frame.attrs.get("types") or {}, frame.attrs.get("help") or {})
+        if len(frame):  # after the types (counters are picked by them), before the round's
+            # row: a round cut short refreshes its hours when it runs again
+            stamps = pd.DatetimeIndex(frame["timestamp"])
+            rollups.refresh(self.client, self.database, stamps.min(), stamps.max())
         self._close_round(frame, round_id=round_id, backfilled=backfilled)
         return len(frame)
 

@@ -307,7 +307,9 @@ def ingest(
         f"hourly rollup: {int(usage.loc['samples_1h', 'rows']):,} rows, {rollup / 2**20:.1f} MiB "
         f"({rollup / n:.3f} bytes per raw sample it summarises)"
     )
-    derived = {t: int(usage.loc[t, "bytes_on_disk"]) for t in ("service_scrapes", "counters_1h")}
+    derived = {
+        t: int(usage.loc[t, "bytes_on_disk"]) for t in ("service_scrapes", "counters_1h", "cpu_1h")
+    }
     print(
         "derived tables: "
         + ", ".join(f"{t} {b / 2**20:.1f} MiB" for t, b in derived.items())

@@ -219,21 +219,16 @@ def test_fleet_questions_equal_pandas_over_hours_and_late_rounds(store: Store) -
 
 
 def test_a_store_without_the_derived_tables_is_migrated_on_open(store: Store) -> None:
-    # A store made by the schema before service_scrapes and counters_1h: opening it
-    # creates them and fills them from raw samples, once.
+    # A store made by the schema before the derived tables: opening it creates them
+    # and fills them from raw samples, once.
     before = queries.top_commits(store, n=len(SVCS)), queries.cpu_p95_per_hour(store)
-    for statement in (
-        "DROP VIEW service_scrapes_mv",
-        "DROP TABLE service_scrapes",
-        "DROP TABLE counters_1h",
-        "DROP TABLE migrations",
-    ):
-        store.client.command(statement)
+    for view in rollups.VIEWS:
+        store.client.command(f"DROP VIEW {view}")
+    for table in rollups.TABLES:
+        store.client.command(f"DROP TABLE {table}")
     with Store.open(f"chdb://{store.client.path}", database=store.database) as again:
-        assert sorted(again.query("SELECT step FROM migrations")["step"]) == [
-            "counters_1h",
-            "service_scrapes",
-        ]
+        steps = again.query("SELECT step FROM migrations")["step"]
+        assert sorted(steps) == ["counters_1h", "cpu_1h", "service_scrapes"]
         assert rollups.migrate(again.client, again.database) == []  # nothing runs twice
         after = queries.top_commits(again, n=len(SVCS)), queries.cpu_p95_per_hour(again)
     for old, new in zip(before, after, strict=True):
