@@ -6,7 +6,8 @@
   refuses is still a 400; a password reset is a 409 that changes nothing
   (docs/api-behaviour.md, "Config writes while the server is down", §3.3). Never a 500.
 - Writers at once: PATCHes of different keys sent together all survive, because the
-  merge reads the stored configuration under the service's lock (§8.2).
+  merge reads the stored configuration under the service's lock (§8.2); so do IP access
+  rules added by PATCHes sent together, some of them renaming the service (§12.2).
 """
 
 from __future__ import annotations
@@ -189,3 +190,41 @@ def test_concurrent_patches_keep_every_key(
     figures["concurrent config PATCHes (keys kept of keys written)"] = (
         f"{len(stored['pgConfig'])} of {len(KEYS)}"
     )
+
+
+def test_concurrent_rule_patches_and_renames_keep_every_rule(
+    sandbox: SandboxInfo, service: dict[str, Any], figures: dict[str, str]
+) -> None:
+    sid, writers = service["id"], 8
+    with org_client(sandbox) as api:
+        name = result(api.get(f"/postgres/{sid}"))["name"]
+    start = threading.Barrier(writers)
+
+    def add(i: int) -> int:
+        body: dict[str, Any] = {
+            "ipAccessList": {"add": [{"source": f"10.200.{i}.0/24", "description": f"w{i}"}]}
+        }
+        if i % 2 == 0:  # a rename makes a new certificate, which the PATCH waits for
+            body["name"] = f"{name}-w{i}"
+        with org_client(sandbox) as own:  # one connection per writer, all sent at once
+            start.wait()
+            return own.patch(
+                f"/postgres/{sid}", json=body, headers={"Connection": "close"}
+            ).status_code
+
+    with ThreadPoolExecutor(writers) as pool:
+        statuses = list(pool.map(add, range(writers)))
+    with org_client(sandbox) as api:
+        after = result(api.get(f"/postgres/{sid}"))
+        added = [r for r in after["ipAccessList"] if r["source"].startswith("10.200.")]
+        # As it was: the rules gone, the first name back (its hostname, its certificate).
+        remove = {"remove": [{"id": r["id"]} for r in added]}
+        back = api.patch(f"/postgres/{sid}", json={"name": name, "ipAccessList": remove})
+    figures["concurrent rule PATCHes, half renaming (rules kept of rules added)"] = (
+        f"{len(added)} of {writers}"
+    )
+    assert statuses == [200] * writers
+    assert sorted(r["description"] for r in added) == sorted(f"w{i}" for i in range(writers))
+    assert after["name"] in {f"{name}-w{i}" for i in range(0, writers, 2)}
+    assert result(back)["name"] == name
+    assert sql(service["connectionString"], "SELECT 1") == [(1,)]

@@ -6,7 +6,7 @@ methods. Routes validate and answer at once; the slow part (initdb, start,
 restart, removal) runs as an asyncio task that calls the synchronous servers
 in a worker thread, and moves the service's state in the store as it goes.
 Each service has one lock, so a restart, a config write and a delete never
-interleave.
+interleave; PATCHes of its IP access rules take one of their own.
 
 The lifecycle assembles its parts around one :class:`~.context.Context` and
 hands it to each; none of them knows the lifecycle:
@@ -31,7 +31,10 @@ short is finished.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,9 @@ class Lifecycle:
         self._restores = Restores(ctx, self._backups, self._ha)
         self._configs = Configs(ctx)
         self._followers = Followers(ctx, self._configs)
+        self._rule_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # -- lookups ------------------------------------------------------------
 
@@ -149,12 +155,19 @@ class Lifecycle:
             changes["ha_type"] = body["haType"]
         if "tags" in body:  # replaced wholesale
             changes["tags"] = body["tags"]
-        if "ipAccessList" in body:  # removals, then additions; from the rules as they are now
-            now = self._ctx.store.get(row.id) or row
-            changes["ip_access_list"] = access_lists.changed(now, body["ipAccessList"])
-        if "name" in body and body["name"] != row.name:
-            row = await self._rename(row, body["name"])
-        updated = self._ctx.store.update(row.id, **changes)
+        rules = access_lists.FIELD in body
+        # The rules are read, changed and written back with no other PATCH of them in
+        # between: a rename in the same PATCH waits for a new certificate, and a change
+        # made meanwhile would be overwritten. All or nothing: a 400 comes before the rename.
+        async with self._rules_lock(row.id) if rules else contextlib.nullcontext():
+            if rules:  # removals, then additions; from the rules as they are now
+                now = self._ctx.store.get(row.id)
+                if now is None:
+                    raise Conflict("Service is gone.")
+                changes["ip_access_list"] = access_lists.changed(now, body[access_lists.FIELD])
+            if "name" in body and body["name"] != row.name:
+                row = await self._rename(row, body["name"])
+            updated = self._ctx.store.update(row.id, **changes)
         assert updated is not None
         if "ha_type" in changes and changes["ha_type"] != row.ha_type:
             # docs/api-behaviour.md §4.7: asynchronous; the service stays running meanwhile.
@@ -165,6 +178,12 @@ class Lifecycle:
             else:  # once what holds the service's lock (a create, a restore) is done
                 self._ctx.spawn(access_lists.enforce(self._ctx, row.id), f"access {row.id}")
         return updated
+
+    def _rules_lock(self, service_id: str) -> asyncio.Lock:
+        """One lock per service for a PATCH of its rules. Not the service's lock: a create,
+        restore or base backup holds that for its whole length, and a PATCH of the rules
+        meanwhile answers at once (docs/api-behaviour.md §12.2). It lives while in use."""
+        return self._rule_locks.setdefault(service_id, asyncio.Lock())
 
     async def delete(self, row: ServiceRow) -> None:
         if self._restores.cancel(row):  # a restore or replica being made stops being made
