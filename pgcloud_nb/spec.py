@@ -129,8 +129,8 @@ def prepare() -> None:
 def prepare_in_background() -> threading.Thread:
     """Run :func:`prepare` in a daemon thread, once per process; the thread.
 
-    The sandbox's server starts it as it starts, and ``import pgcloud_nb.widgets`` does
-    too, so that a form's first check does not stall the kernel for the import.
+    The sandbox's server starts it as it starts, and the forms that check bodies do as
+    they are built, so that a form's first check does not stall the kernel for the import.
     """
     thread = threading.Thread(target=prepare, name="pgcloud-nb-validation", daemon=True)
     thread.start()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import re
 import stat
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from pgcloud_nb.errors import NotFoundError
 from pgcloud_nb.jobs import ErrorPanel, StatusLine
 from pgcloud_nb.models import PostgresService
 from pgcloud_nb.ratelimit import Budget
+from pgcloud_nb.spec import prepare_in_background
 from pgcloud_nb.widgets import ConfigEditor, CreateForm, ServicePicker, TagEditor
 from pgcloud_nb.widgets.config import pending_restart
 
@@ -284,3 +286,16 @@ def test_an_auto_refresh_clears_its_error_when_a_beat_succeeds() -> None:
         else:
             step = job.send(None)
     assert applied == [[1], [2]] and panel.outputs == () and panel.last is None
+
+
+def test_the_forms_that_check_bodies_begin_loading_the_validator(
+    pg: Client, service: PostgresService
+) -> None:
+    # jsonschema's import takes seconds: a form begins it in a thread as it is built, so
+    # that its first check does not hold the kernel (spec.prepare_in_background).
+    for build in (lambda: CreateForm(pg), lambda: TagEditor(pg, service.id)):
+        prepare_in_background.cache_clear()
+        build().close()
+        assert prepare_in_background.cache_info().currsize == 1
+    prepare_in_background().join(timeout=300)
+    assert "jsonschema" in sys.modules

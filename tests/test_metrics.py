@@ -314,6 +314,7 @@ def test_fleet_snapshot_counts_only_its_own_requests() -> None:
     api = FakeApi(3)
     with api.client() as client:
         started, release = threading.Event(), threading.Event()
+        counted: list[int] = []  # asserted here: a failed assert in the thread is only a warning
 
         def widget_job() -> None:
             with client.counting() as mine:
@@ -321,7 +322,7 @@ def test_fleet_snapshot_counts_only_its_own_requests() -> None:
                 started.set()
                 release.wait(10)
                 client.list_services()
-            assert mine.requests == 2
+            counted.append(mine.requests)
 
         job = threading.Thread(target=widget_job)
         job.start()
@@ -331,6 +332,7 @@ def test_fleet_snapshot_counts_only_its_own_requests() -> None:
             snap = fleet_snapshot(client)
             release.set()
             job.join(10)
+        assert not job.is_alive() and counted == [2]
         assert snap.attrs["requests"] == 2 and outer.requests == 2  # nested tallies both count
         assert client.request_count - before == 3  # the job's second list, sent meanwhile
 

@@ -17,19 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 APP_IMPORT = """
 import sys
 import pgcloud_nb.sandbox.api.app
-print(sorted(m for m in ("jsonschema", "referencing") if m in sys.modules))
-"""
-
-# The widgets begin the import in a thread as they are imported: a form's first check
-# must not hold the kernel for it, and the import of the widgets must not wait for it.
-WIDGETS_IMPORT = """
-import sys
-import threading
 import pgcloud_nb.widgets
-from pgcloud_nb.spec import prepare_in_background
-print([t.name for t in threading.enumerate() if t.name == "pgcloud-nb-validation"] or "done")
-prepare_in_background().join(timeout=300)
-print("jsonschema" in sys.modules)
+print(sorted(m for m in ("jsonschema", "referencing") if m in sys.modules))
 """
 
 PREPARED = """
@@ -51,13 +40,8 @@ def _run(code: str) -> list[str]:
     return run.stdout.splitlines()
 
 
-def test_the_server_imports_no_validator() -> None:
+def test_the_server_and_the_widgets_import_no_validator() -> None:
     assert _run(APP_IMPORT) == ["[]"]
-
-
-def test_the_widgets_load_the_validator_in_the_background() -> None:
-    started, loaded = _run(WIDGETS_IMPORT)
-    assert started in ("['pgcloud-nb-validation']", "done") and loaded == "True"
 
 
 def test_prepare_validation_loads_it_and_bodies_are_checked_as_before() -> None:

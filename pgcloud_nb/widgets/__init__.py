@@ -18,16 +18,11 @@ shows a password or connection string.
 """
 
 from ..jobs import ErrorPanel
-from ..spec import prepare_in_background
 from .config import ConfigEditor
 from .create import REGION_SUGGESTIONS, CreateForm
 from .fleet import FleetTable
 from .inputs import write_connection_details
 from .service import DeleteButton, ServicePicker, TagEditor
-
-# The forms check bodies with jsonschema, whose import takes seconds: begin it now, in a
-# thread, so that the first edit of a form does not hold the kernel while it finishes.
-prepare_in_background()
 
 __all__ = [
     "REGION_SUGGESTIONS",

@@ -31,7 +31,7 @@ from ..jobs import (
 )
 from ..models import PostgresService, PostgresServiceListItem
 from ..regions import REGIONS, known
-from ..spec import FieldError, enum_values, validate_body
+from ..spec import FieldError, enum_values, prepare_in_background, validate_body
 from ..waiters import DEFAULT_TIMEOUT
 from .credentials import CredentialsBox
 from .inputs import (
@@ -97,6 +97,9 @@ class CreateForm(widgets.VBox):
         tags: Mapping[str, str] | None = None,
         regions: Iterable[str] = (),
     ) -> None:
+        # The checks use jsonschema, whose import takes seconds: begin it now, in a thread,
+        # so that the first edit does not hold the kernel while it finishes.
+        prepare_in_background()
         self.client = client
         self.env_file = env_file
         self.timeout = timeout

@@ -30,7 +30,7 @@ from ..jobs import (
     wait_job,
 )
 from ..models import PostgresService, PostgresServiceListItem
-from ..spec import validate_body
+from ..spec import prepare_in_background, validate_body
 from ..waiters import DEFAULT_TIMEOUT
 from .inputs import ErrorLabel, TagRows, body_block, route_errors
 from .wording import duplicate_tags, in_words
@@ -113,6 +113,9 @@ class ServiceWidget(widgets.VBox):
     """
 
     def __init__(self, client: Client, service: str | ServicePicker, **kwargs: Any) -> None:
+        # The checks use jsonschema, whose import takes seconds: begin it now, in a thread,
+        # so that the first edit does not hold the kernel while it finishes.
+        prepare_in_background()
         self.client = client
         self.picker = service if isinstance(service, ServicePicker) else None
         self._fixed = service if isinstance(service, str) else None
