@@ -22,12 +22,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["IP_RULE", "MAX_RULES", "OVERLAY", "overlaid"]
+__all__ = ["DEFAULT_PORT_RANGE", "IP_RULE", "MAX_RULES", "OVERLAY", "overlaid"]
 
 # The sandbox's own bounds (the live limits are not published).
 MAX_RULES = 100
 MAX_DESCRIPTION = 255
 
+# A rule without portRange covers every port of the service, PostgreSQL's and PgBouncer's
+# (docs/api-behaviour.md §12.2).
+DEFAULT_PORT_RANGE = "5432..6432"
 # clickhousectl 0.5.0 sends "5432" or "5432..6432".
 PORT_RANGE_PATTERN = r"^[0-9]{1,5}(\.\.[0-9]{1,5})?$"
 

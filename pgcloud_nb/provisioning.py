@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Required, TypedDict
 
 from .clientbase import ClientBase, KnownCredentials
-from .livecontract import MAX_DESCRIPTION, MAX_RULES, PORT_RANGE_PATTERN
+from .livecontract import DEFAULT_PORT_RANGE, MAX_DESCRIPTION, MAX_RULES, PORT_RANGE_PATTERN
 from .models import (
     PostgresService,
     PostgresServiceListItem,
@@ -47,8 +47,6 @@ __all__ = [
 # before the request began (clock skew between us and the API).
 CREATE_SKEW = timedelta(seconds=120)
 
-# A rule's ports when it names none: every port of the service (docs/api-behaviour.md §12.2).
-DEFAULT_PORT_RANGE = "5432..6432"
 MAX_RULE_ID = 64  # the live contract's bound on a rule id (pgcloud_nb.livecontract)
 
 

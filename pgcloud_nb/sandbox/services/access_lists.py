@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from pgcloud_nb.livecontract import MAX_RULES
+from pgcloud_nb.livecontract import DEFAULT_PORT_RANGE, MAX_RULES
 from pgcloud_nb.sandbox.errors import RequestRefused
 from pgcloud_nb.sandbox.postgres.cluster import Cluster
 from pgcloud_nb.sandbox.services.context import Context
@@ -59,7 +59,7 @@ __all__ = [
 FIELD = "ipAccessList"
 SERVED_PORT = 5432  # the port a sandbox server stands for
 DEFAULT_PORTS = ("5432", "6432")  # PostgreSQL and PgBouncer
-DEFAULT_RANGE = "5432..6432"
+DEFAULT_RANGE = DEFAULT_PORT_RANGE
 Rule = dict[str, str]
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
