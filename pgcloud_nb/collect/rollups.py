@@ -2,7 +2,7 @@
 
 Two questions need every sample of a counter in order (CPU % per scrape, a counter's
 increase with resets counted): over raw ``samples`` that is a sort of millions of rows
-per question. Two tables do that work once, as data arrives:
+per question. Three tables do that work once, as data arrives:
 
 - ``service_scrapes``: one row per service and scrape, fed by a materialized view:
   the non-idle CPU seconds summed over the modes, how many modes, and CPUCores. A
@@ -29,6 +29,8 @@ per question. Two tables do that work once, as data arrives:
 
 A store made before these tables existed gets them on open: :func:`migrate` runs each
 step not yet listed in ``migrations`` (so twice is harmless), backfilling from raw.
+Samples written around :meth:`Store.insert_scrape` (a hand-made INSERT) reach the
+view's table but not the hourly ones until a round touches their hours again.
 """
 
 from __future__ import annotations
