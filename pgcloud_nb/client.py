@@ -31,6 +31,7 @@ from .observability import Observability
 from .provisioning import IpAccessRule, Provisioning, access_changes_payload, changes_not_in_force
 from .redaction import redact, remember_secret
 from .requester import parse_model, parse_models
+from .resend import UnderWay
 from .waiters import DEFAULT_TIMEOUT, wait_for_gone, wait_for_state
 
 if TYPE_CHECKING:
@@ -151,20 +152,32 @@ class Client(Provisioning, Configuration, Observability):
     # -- state, password, certificate --------------------------------------------------------
 
     def _state(self, service_id: str, command: str) -> PostgresService:
-        """PATCH …/state; a resend after a lost answer follows the requester's rules."""
+        """PATCH …/state; a resend after a lost answer follows :mod:`pgcloud_nb.resend`'s rules."""
         how: dict[str, Any] = {"once": True}  # switchover: a second would move the primary back
         if command == "restart":  # a second restart is harmless
             how = {"under_way": "restarting"}
         elif command == "promote":
-            how = {"recover": lambda: self._promoted(service_id)}
+            # Read first: only a replica before and a primary after proves that a lost promote
+            # landed (docs/api-behaviour.md §2.3). A primary's promote is resent as it is, for
+            # the API to answer (its 400, §5.5), not taken as done by the read after.
+            before = self._req.call("GET", self._path(service_id))
+            shown = before.get("isPrimary") if isinstance(before, dict) else None
+            how = {}  # a primary: nothing a lost attempt could have done
+            if shown is not True:
+                was_replica = shown is False
+                how = {"recover": lambda: self._promoted(service_id, was_replica)}
         path = self._path(service_id, "state")
         data = self._req.call("PATCH", path, json={"command": command}, **how)
-        if data is None:  # an earlier attempt's restart is under way: the service as it is
+        if isinstance(data, UnderWay):  # maybe the earlier attempt's restart, maybe another's
+            data.warn(service_id, stacklevel=3)  # _state, restart, the caller's line
             data = self._req.call("GET", self._path(service_id))
         return parse_model(PostgresService, data)
 
-    def _promoted(self, service_id: str) -> Any:
-        """The service, if a lost promote made it a primary (else None: promote again)."""
+    def _promoted(self, service_id: str, was_replica: bool) -> Any:
+        """The service, if a lost promote made it a primary (else None: promote again).
+        Without a replica read before it, a primary read now proves nothing."""
+        if not was_replica:
+            return None
         data = self._req.call("GET", self._path(service_id))
         return data if isinstance(data, dict) and data.get("isPrimary") is True else None
 

@@ -19,28 +19,11 @@ Retry rules:
   frames).
 - 5xx and other transport failures: exponential backoff with full jitter, inside the
   policy's total deadline. Such an attempt may have been served with its answer lost.
-- any other 4xx: raised at once, except the two below that prove an earlier attempt worked.
+- any other 4xx: raised at once, except those that prove an earlier attempt worked.
 
-Resending a call whose earlier attempt may have been served depends on what a second
-copy would do (docs/api-behaviour.md §2.3):
-
-- Idempotent calls are resent as they are: GETs, PATCH of a service (of its IP access
-  rules: ``recover``), both config writes, a password reset with a given password. One that
-  has the password generated is resent too: the answer carries the password in force.
-- ``recover`` (create, restore, read replica; promote; rules): before each resend and
-  before giving up, it looks for what the lost attempt did (a new service of that name; a
-  primary; rules in force, else only the rest is sent). What it finds is the answer.
-- ``gone_ok`` (DELETE): a 404 means the earlier attempt did the job.
-- ``under_way`` (restart: ``"restarting"``; DELETE: ``"deleting"``): a 409 saying the
-  service *is* in that state means the earlier attempt was served and is in progress,
-  so the call succeeds (returns None). On a first attempt the same 409 is raised: that
-  is someone else's operation. A restart that had already finished when the resend
-  came is done twice, which is harmless.
-- ``once`` (switchover): never resent; a second one cannot be told apart (the state does
-  not show it) and would move the primary back. The error is raised with a note.
-
-When a call that is not idempotent gives up, or its lookup fails, the error gets a note
-that it may have been carried out, so that nobody resends it blindly by hand.
+A call whose earlier attempt may have been served is resent, looked for, or not sent again,
+by the rules of :mod:`pgcloud_nb.resend` (docs/api-behaviour.md §2.3), which the arguments
+``recover``, ``gone_ok``, ``under_way`` and ``once`` of :meth:`Requester.call` pick.
 
 What to ask for and how to read a success come from the embedded spec
 (:func:`pgcloud_nb.contract.operation`): the ``Accept`` header names the media types
@@ -76,6 +59,7 @@ from .errors import (
 from .parsing import When, iso_time, parse_model, parse_models
 from .ratelimit import Budget, RetryPolicy, retry_after_seconds
 from .redaction import safe_url, snippet
+from .resend import LAST_LOOK, UnderWay, deadline, done_before, look, maybe_done
 
 __all__ = ["Requester", "Tally", "When", "iso_time", "parse_model", "parse_models"]
 
@@ -179,19 +163,20 @@ class Requester:
 
         ``result=False``: the answer may come without a result (DELETE, and a
         password reset that sent the password). ``recover``, ``gone_ok``, ``under_way``
-        and ``once``: how a call that is not idempotent is resent (the module docstring);
-        the last three return None when an earlier attempt did the job. ``envelope``: the
-        whole answer, for a list whose paging fields sit beside ``result`` (``nextCursor``).
+        and ``once``: how a call that is not idempotent is resent (:mod:`pgcloud_nb.resend`);
+        when an earlier attempt did the job it returns None (``gone_ok``) or an
+        :class:`~pgcloud_nb.resend.UnderWay` (``under_way``). ``envelope``: the whole answer,
+        for a list whose paging fields sit beside ``result`` (``nextCursor``).
         """
         params = {k: v for k, v in (params or {}).items() if v is not None}
         op = operation(method, path)
         text = op is not None and not op.json
         headers = {"Accept": op.accept if op is not None else "application/json"}
-        deadline = self.clock() + self.policy.deadline
+        until = deadline(self.clock() + self.policy.deadline)  # sooner inside a lookup
         attempt = 0
         unreachable = 0  # attempts that could not open a connection
         since: float | None = None  # when the first of them started
-        maybe_done = False  # an earlier attempt may have been served
+        earlier: PgCloudError | None = None  # what the last attempt that may have been served met
         while True:
             attempt += 1
             self.budget.acquire()
@@ -237,9 +222,9 @@ class Requester:
                 if status < 400:
                     return self._parse(response, text=text, result=result, whole=envelope)
                 api_error = self._error(response)
-                if maybe_done and _done_before(api_error, gone_ok, under_way):
+                if earlier is not None and done_before(api_error, gone_ok, under_way):
                     log.info("%s %s: an earlier attempt did it (%s)", method, path, api_error)
-                    return None
+                    return UnderWay(api_error, earlier) if api_error.status == 409 else None
                 if isinstance(api_error, RateLimitError):
                     with self._lock:
                         self.rate_limited += 1
@@ -254,36 +239,29 @@ class Requester:
                 else:
                     raise api_error
                 error = api_error
-            maybe_done = maybe_done or sent
-            checkable = maybe_done and recover is not None
-            if once and maybe_done:
-                raise _maybe_done(error, method, path)
+            earlier = error if sent else earlier
+            checkable = recover if earlier is not None else None
+            if once and earlier is not None:
+                raise maybe_done(error, method, path)
             if wait is None:
                 wait = self.policy.backoff(attempt)
-            if attempt >= self.policy.max_attempts or self.clock() + wait > deadline:
-                if checkable and (found := self._look(recover, error, method, path)) is not None:
+            last = attempt >= self.policy.max_attempts or self.clock() + wait > until
+            if last and checkable is None:
+                raise error
+            if not last:
+                log.info("retrying %s %s in %.1fs after: %s", method, path, wait, error)
+                self.sleep(wait)
+            if checkable is not None:
+                # Looked for just before the resend, after the wait (what the lost attempt
+                # made has had the longest time to show in the list), and once more on giving
+                # up: then one attempt per request, the call's time being up.
+                found = look(checkable, error, method, path, until=LAST_LOOK if last else until)
+                if found is not None:
                     return found
-                raise _maybe_done(error, method, path) if checkable else error
-            log.info("retrying %s %s in %.1fs after: %s", method, path, wait, error)
-            self.sleep(wait)
-            # Looked for just before the resend, after the wait: what the lost attempt made
-            # has had the longest time to show in the list.
-            if checkable and (found := self._look(recover, error, method, path)) is not None:
-                return found
+                if last:
+                    raise maybe_done(error, method, path)
             with self._lock:
                 self.retries += 1
-
-    def _look(
-        self, recover: Callable[[], Any] | None, error: PgCloudError, method: str, path: str
-    ) -> Any:
-        """What ``recover`` finds; if the lookup itself fails, ``error`` says so and is raised."""
-        assert recover is not None
-        log.info("%s %s failed (%s); looking for what it did", method, path, error)
-        try:
-            return recover()
-        except PgCloudError as exc:
-            error.add_note(f"Looking for what it did failed too: {exc}")
-            raise _maybe_done(error, method, path) from exc
 
     def _unreachable(self, exc: httpx.HTTPError, attempts: int, elapsed: float) -> str:
         """One line: which URL could not be reached, why, and what to do about it."""
@@ -357,25 +335,6 @@ class Requester:
             body=response.text,
             **extra,
         )
-
-
-def _done_before(error: APIError, gone_ok: bool, under_way: str | None) -> bool:
-    """Whether ``error``, met after an attempt that may have been served, says it was."""
-    if error.status == 404:
-        return gone_ok
-    if error.status != 409 or under_way is None:
-        return False
-    # "Service is restarting; ..." (docs/api-behaviour.md §5.4): the state, as a whole word.
-    return re.search(rf"\bis {re.escape(under_way)}\b", error.message, re.IGNORECASE) is not None
-
-
-def _maybe_done(error: PgCloudError, method: str, path: str) -> PgCloudError:
-    """``error`` with a note: the call is not idempotent and may have been carried out."""
-    error.add_note(
-        f"{method} {path} may have been carried out before its answer was lost; "
-        "check the service before sending it again."
-    )
-    return error
 
 
 def _one_line(exc: BaseException) -> BaseException:

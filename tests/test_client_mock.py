@@ -392,8 +392,10 @@ def test_state_commands(command: str) -> None:
     )
     client, _ = make_client(rec)
     svc = getattr(client, command)(SID)
-    assert svc.is_primary and rec.bodies() == [{"command": command}]
-    assert rec.requests[0].url.path == f"{PG}/{SID}/state"
+    # promote reads the service first (docs/api-behaviour.md §2.3): one GET, no body
+    assert [r.method for r in rec.requests] == ["GET"] * (command == "promote") + ["PATCH"]
+    assert svc.is_primary and rec.bodies()[-1:] == [{"command": command}]
+    assert rec.requests[-1].url.path == f"{PG}/{SID}/state"
 
 
 def test_reset_password_generated_and_supplied() -> None:

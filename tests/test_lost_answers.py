@@ -5,13 +5,15 @@ and then, for the requests a test picks, loses the answer (the connection drops
 after the server handled it, as the sandbox's ``drop`` fault does) or answers 500
 without acting (as its injected 5xx do). The client cannot tell these apart, so
 each test checks what the server ended up doing: one service made, one restart,
-one promote, no second switchover, no IP access rule added or removed twice. The
-rules are in :mod:`pgcloud_nb.requester`'s docstring (docs/api-behaviour.md §2.3).
+one promote, no second switchover, no IP access rule added or removed twice; and what
+the client says when it cannot know (a restart under way that may be another client's).
+The rules are in :mod:`pgcloud_nb.resend`'s docstring (docs/api-behaviour.md §2.3).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import uuid
 import warnings
@@ -187,8 +189,12 @@ class FakeAPI:
 
     def command(self, svc: dict[str, Any], command: str) -> httpx.Response:
         if command == "promote":
-            if svc["isPrimary"]:
-                return envelope(400, error="BAD_REQUEST: this service is a primary")
+            if svc["isPrimary"]:  # the sandbox's wording (docs/api-behaviour.md §5.5)
+                return envelope(
+                    400,
+                    error="BAD_REQUEST: only a read replica can be promoted; "
+                    "this service is a primary",
+                )
             svc["isPrimary"] = True
         elif svc["state"] != "running":  # docs/api-behaviour.md §5.4
             return envelope(
@@ -200,7 +206,9 @@ class FakeAPI:
         return envelope(200, svc)
 
 
-def make(lose: dict[tuple[str, str], dict[int, str]] | None = None) -> tuple[Client, FakeAPI]:
+def make(
+    lose: dict[tuple[str, str], dict[int, str]] | None = None, retry: RetryPolicy | None = None
+) -> tuple[Client, FakeAPI]:
     now = [0.0]
     api = FakeAPI(now, lose or {})
 
@@ -215,7 +223,7 @@ def make(lose: dict[tuple[str, str], dict[int, str]] | None = None) -> tuple[Cli
         base_url=BASE,
         budget=Budget(0, 10.0, clock=lambda: now[0]),
         transport=httpx.MockTransport(api),
-        retry=FixedWaits(deadline=60, max_attempts=4),
+        retry=retry or FixedWaits(deadline=60, max_attempts=4),
     )
     client.requester.sleep = sleep
     client.requester.clock = lambda: now[0]
@@ -231,9 +239,51 @@ DROP_FIRST = {1: "drop"}
 def test_a_resent_restart_meeting_restarting_is_the_first_one_succeeding() -> None:
     client, api = make({("PATCH", "{id}/state"): DROP_FIRST})
     sid = api.add("db")["id"]
-    svc = client.restart(sid)
+    with pytest.warns(UserWarning, match="most likely this is its restart") as caught:
+        svc = client.restart(sid)
     assert svc.state == "restarting" and api.done["restart"] == 1
     assert api.log == ["PATCH {id}/state", "sleep 2", "PATCH {id}/state", "GET {id}"]
+    # It still says the restart may be another client's, begun before a change was written.
+    assert "restart again once the service is running" in str(caught[0].message)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+
+
+def test_a_restart_taken_as_done_after_a_500_warns_it_may_be_another_clients(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Our first attempt is answered 500 and does nothing; meanwhile another client's
+    # restart starts (perhaps before our config change was written); the resend meets it.
+    client, api = make({("PATCH", "{id}/state"): {1: "500"}})
+    sid = api.add("db")["id"]
+    sleep = client.requester.sleep
+
+    def another_client_restarts(seconds: float) -> None:
+        sleep(seconds)
+        api.services[sid]["state"] = "restarting"
+
+    client.requester.sleep = another_client_restarts
+    with (
+        caplog.at_level(logging.WARNING, logger="pgcloud_nb.http"),
+        pytest.warns(UserWarning, match="more likely another client's restart") as caught,
+    ):
+        svc = client.restart(sid)
+    assert svc.state == "restarting" and api.done["restart"] == 0  # ours never ran
+    text = str(caught[0].message)
+    assert "answered 500" in text and "cannot prove" in text and sid in text
+    assert "restart again once the service is running" in text
+    assert caught[0].filename == __file__
+    assert [r.levelno for r in caplog.records if r.getMessage() == text] == [logging.WARNING]
+
+
+def test_a_resent_delete_meeting_deleting_does_not_warn() -> None:
+    # Whoever's delete it is, the service goes: nothing for the caller to do differently.
+    client, api = make({("DELETE", "{id}"): DROP_FIRST})
+    api.strict_delete = True
+    sid = api.add("db")["id"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client.delete_service(sid)
+    assert api.done["delete"] == 1
 
 
 def test_restarting_on_a_first_attempt_is_someone_elses_restart() -> None:
@@ -241,6 +291,7 @@ def test_restarting_on_a_first_attempt_is_someone_elses_restart() -> None:
     sid = api.add("db", state="restarting")["id"]
     with pytest.raises(ConflictError, match="is restarting"):
         client.restart(sid)
+    assert api.seen[("PATCH", "{id}/state")] == 1
 
 
 def test_a_resent_restart_meeting_another_state_is_a_failure() -> None:
@@ -263,14 +314,39 @@ def test_a_lost_promote_is_read_back_not_sent_again() -> None:
     sid = api.add("r1", isPrimary=False)["id"]
     assert client.promote(sid).is_primary is True
     assert api.done["promote"] == 1
-    assert api.log == ["PATCH {id}/state", "sleep 2", "GET {id}"]
+    # read before (a replica), then after (a primary): that is the proof
+    assert api.log == ["GET {id}", "PATCH {id}/state", "sleep 2", "GET {id}"]
 
 
 def test_a_promote_that_did_not_land_is_sent_again() -> None:
     client, api = make({("PATCH", "{id}/state"): {1: "500"}})
     sid = api.add("r1", isPrimary=False)["id"]
     assert client.promote(sid).is_primary is True
-    assert api.log == ["PATCH {id}/state", "sleep 2", "GET {id}", "PATCH {id}/state"]
+    assert api.log == ["GET {id}", "PATCH {id}/state", "sleep 2", "GET {id}", "PATCH {id}/state"]
+
+
+@pytest.mark.parametrize("first", ["500", "drop"])
+def test_a_resent_promote_of_a_primary_gets_the_apis_answer(first: str) -> None:
+    # Already a primary: a read after the failure would show isPrimary true, which proves
+    # nothing. The promote is sent again unread, and the API's 400 is the answer.
+    client, api = make({("PATCH", "{id}/state"): {1: first}})
+    sid = api.add("db")["id"]
+    with pytest.raises(BadRequestError, match="only a read replica can be promoted") as info:
+        client.promote(sid)
+    assert api.done["promote"] == 0
+    assert api.log == ["GET {id}", "PATCH {id}/state", "sleep 2", "PATCH {id}/state"]
+    assert not getattr(info.value, "__notes__", [])  # nothing can have been carried out
+
+
+def test_a_promote_whose_service_shows_no_role_is_not_read_back() -> None:
+    # An API whose GET leaves isPrimary out: no read can prove the promote landed.
+    client, api = make({("PATCH", "{id}/state"): {1: "500", 2: "500", 3: "500", 4: "500"}})
+    api.hidden.add("isPrimary")
+    sid = api.add("r1", isPrimary=False)["id"]
+    with pytest.raises(ServerError) as info:
+        client.promote(sid)
+    assert api.log.count("GET {id}") == 1 and api.seen[("PATCH", "{id}/state")] == 4
+    assert any(MAY_BE_DONE in note for note in info.value.__notes__)
 
 
 @pytest.mark.parametrize(("first", "error"), [("drop", TransportError), ("500", ServerError)])
@@ -372,6 +448,31 @@ def test_a_create_that_never_lands_gives_up_saying_it_may_have() -> None:
     assert api.done["create"] == 0
     assert api.log.count("POST list") == 4 and api.log.count("GET list") == 4
     assert any(MAY_BE_DONE in note for note in info.value.__notes__)
+
+
+def test_lookups_end_by_the_calls_deadline() -> None:
+    # A create that never lands, against a list that fails three times in four: each
+    # lookup retries only in the time the call has left, so the call ends at its deadline
+    # (a lookup with a deadline of its own took the call to 30 s here, minutes by default).
+    failing = {i: "500" for i in range(1, 40) if i % 4}
+    lose = {("POST", "list"): {i: "500" for i in range(1, 40)}, ("GET", "list"): failing}
+    client, api = make(lose, retry=FixedWaits(deadline=20, max_attempts=100))
+    with pytest.raises(ServerError) as info:
+        create(client)
+    assert api.now[0] == 20 and api.done["create"] == 0
+    assert api.log.count("POST list") == 3 and api.log.count("GET list") == 10
+    notes = "\n".join(info.value.__notes__)
+    assert "Looking for what it did failed too" in notes and MAY_BE_DONE in notes
+
+
+def test_the_last_lookup_is_one_attempt() -> None:
+    # The call gives up on its attempts with time left; the lookup then is one GET.
+    lose = {("POST", "list"): {1: "500", 2: "500"}, ("GET", "list"): {2: "500", 3: "500"}}
+    client, api = make(lose, retry=FixedWaits(deadline=60, max_attempts=2))
+    with pytest.raises(ServerError) as info:
+        create(client)
+    assert api.log == ["POST list", "sleep 2", "GET list", "POST list", "GET list"]
+    assert "Looking for what it did failed too" in "\n".join(info.value.__notes__)
 
 
 def test_a_failed_lookup_raises_the_lost_create_never_resends_it() -> None:
