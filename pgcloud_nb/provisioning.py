@@ -323,7 +323,7 @@ class Provisioning(ClientBase):
         others = [s.id for s in candidates if s is not found]
         if others:  # made by this call too (or by someone else, under the same name, just now)
             note += f" Also made under that name meanwhile: {', '.join(others)}; check them."
-        # Up the stack: here, the lambda, Requester._look and .call, _create_like, the public
+        # Up the stack: here, the lambda, resend.look and .call, _create_like, the public
         # method, then the caller's own line.
         warnings.warn(
             f"the answer to creating {kind} {name!r} was lost, but the API had created it "
