@@ -30,10 +30,10 @@ Layout of a service folder (``root``, 0700, the server's user's)::
                        (:func:`postgres.private.socket_dir`)
     log/               startup.log (stderr before the log collector) and jsonlog files
     ca.pem             the service's CA certificate
+    pgcloud.started.conf  the user settings of its last start (``conffiles.starting``)
 
-The settings files are rendered and checked by
-:mod:`postgres.conffiles`; the exceptions live in
-:mod:`pgcloud_nb.sandbox.errors`.
+The settings files are written by :mod:`postgres.conffiles` and judged by
+:mod:`postgres.confcheck`; the exceptions live in :mod:`pgcloud_nb.sandbox.errors`.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from pgcloud_nb.sandbox.postgres import (
     access,
     binaries,
     certs,
+    confcheck,
     conffiles,
     datadir,
     osuser,
@@ -67,7 +68,7 @@ from pgcloud_nb.sandbox.postgres.conffiles import BASE_CONF, USER_CONF, USER_HEA
 from pgcloud_nb.sandbox.postgres.osuser import chown_tree, write_if_changed, write_owned
 from pgcloud_nb.sandbox.postgres.passwords import scram_verifier
 
-__all__ = ["Cluster", "check_settings", "find_bindir", "free_port", "stop_all"]
+__all__ = ["Cluster", "find_bindir", "free_port", "stop_all"]
 
 FIRST_START = ".first-start.json"  # what start() still has to do once: set the password
 
@@ -266,8 +267,9 @@ class Cluster:
         # lock file (kill -9, reboot) would make the postmaster refuse to start.
         sockets = private.ensure_socket_dir(self._root)
         (sockets / f".s.PGSQL.{self._port}.lock").unlink(missing_ok=True)
-        log_offset = process.launch(self.bindir, self.pgdata, self.log_dir)
-        process.wait_ready(self.pgdata, self.log_dir, timeout, log_offset)
+        with conffiles.starting(self.pgdata):  # once ready: the settings it started with
+            log_offset = process.launch(self.bindir, self.pgdata, self.log_dir)
+            process.wait_ready(self.pgdata, self.log_dir, timeout, log_offset)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the server's stderr and newest log file, for error messages."""
@@ -317,8 +319,8 @@ class Cluster:
         A value PostgreSQL refuses raises :class:`ConfigValueError`; the previous
         file is then back in place and the server never loaded the refused one.
         """
-        applied, _ = conffiles.split_supported(self.bindir, settings)
-        conffiles.check_values(self.bindir, self.pgdata, applied)
+        applied, _ = confcheck.split_supported(self.bindir, settings)
+        confcheck.check_values(self.bindir, self.pgdata, applied)
         with self._lock:
             return conffiles.apply_user_conf(self.pgdata, self.bindir, applied, self.superuser)
 
@@ -374,18 +376,6 @@ def find_bindir(major: int | None = None, pgdata: Path | None = None) -> Path:
         return binaries.find_bindir(major)
     except PgBinariesNotFound as e:
         raise EngineError(str(e)) from e
-
-
-def check_settings(settings: dict[str, str], template_dir: Path, major: int | None = None) -> None:
-    """ConfigValueError for a value this PostgreSQL refuses, before any service exists.
-
-    Checked against the template data folder, so a create, restore or replica with
-    a bad pgConfig gets its 400 at once instead of a server that never starts.
-    """
-    bindir = find_bindir(major)
-    applied, _ = conffiles.split_supported(bindir, settings)
-    if applied:
-        conffiles.check_values(bindir, datadir.template(bindir, template_dir), applied)
 
 
 def stop_all(clusters_dir: Path, mode: str = "fast") -> int:

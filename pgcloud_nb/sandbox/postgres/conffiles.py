@@ -10,50 +10,63 @@ A service's data folder holds these files the sandbox writes:
 - ``pgcloud.conf`` (:data:`USER_CONF`): the user's settings (the API's pgConfig).
 
 ``postgresql.conf`` includes the last two in that order, so user settings win.
-A new user file is checked before the server loads it (:func:`config_problem`)
-and then reloaded (:func:`reload_conf`), which reports what still needs a restart.
-A server that is down gets the file all the same, checked the way its next start
-will read it (:func:`keep_user_conf`); PostgreSQL's own parameter list then says
-what a change needs a restart for (:func:`restart_needed`).
+A new user file is checked before the server loads it
+(:func:`~.confcheck.config_problem`) and then reloaded (:func:`reload_conf`),
+which reports what still needs a restart. A server that is down gets the file
+all the same, checked the way its next start will read it, start-up's
+cross-checks included (:func:`keep_user_conf`); PostgreSQL's own parameter list
+then says what a change needs a restart for (:func:`~.confcheck.restart_needed`).
+
+Each start that succeeds keeps a copy of the user file it read,
+:data:`STARTED_CONF` beside the data folder (:func:`starting`, so copies of the
+data folder never carry it): what the server runs until its next start. A server
+that is down needs a restart for what differs from it, and a start that fails
+after a configuration change can go back to it (docs/api-behaviour.md §8.6).
 
 Split out of :mod:`postgres.cluster`, whose :class:`~pgcloud_nb.sandbox.postgres.cluster.Cluster`
-decides when to write, check and reload.
+decides when to write, check and reload; the checks are :mod:`postgres.confcheck`'s.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
-from functools import cache
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError
-from pgcloud_nb.sandbox.postgres.osuser import POLL, run_pg, write_if_changed, write_owned
+from pgcloud_nb.sandbox.postgres.confcheck import config_problem, split_supported
+from pgcloud_nb.sandbox.postgres.osuser import POLL, write_if_changed, write_owned
 
 __all__ = [
     "BASE_CONF",
+    "STARTED_CONF",
     "USER_CONF",
     "USER_HEADER",
     "apply_user_conf",
     "base_settings",
-    "check_names",
-    "config_problem",
     "keep_user_conf",
+    "parse_conf",
     "pending_restart",
     "reload_conf",
     "render_conf",
-    "restart_needed",
+    "started_settings",
+    "starting",
     "sync_user_conf",
+    "user_settings",
 ]
 
 USER_CONF = "pgcloud.conf"
 USER_HEADER = "user settings (the API's pgConfig), managed by pgcloud-nb"
 BASE_CONF = "pgcloud-base.conf"
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+STARTED_CONF = "pgcloud.started.conf"  # in the service folder, beside pgdata/
+# A line render_conf writes: name = 'value', the value quoted by _conf_quote.
+_LINE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*) = '((?:[^'\\]|''|\\.)*)'$")
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
 
 
 def _conf_quote(value: str) -> str:
@@ -67,6 +80,41 @@ def render_conf(settings: dict[str, str], header: str) -> str:
     lines = [f"# {header}"]
     lines += [f"{name} = {_conf_quote(str(value))}" for name, value in settings.items()]
     return "\n".join(lines) + "\n"
+
+
+def parse_conf(text: str) -> dict[str, str]:
+    """The settings of a file :func:`render_conf` wrote (its header and any other line
+    left out)."""
+
+    def unquote(m: re.Match[str]) -> str:
+        return "'" if m.group(0) == "''" else _ESCAPES.get(m.group(1), m.group(1))
+
+    found = (_LINE_RE.match(line) for line in text.split("\n"))
+    return {m.group(1): re.sub(r"''|\\(.)", unquote, m.group(2)) for m in found if m}
+
+
+def user_settings(pgdata: Path) -> dict[str, str]:
+    """What the user settings file of ``pgdata`` says now (nothing when it is missing)."""
+    path = pgdata / USER_CONF
+    return parse_conf(path.read_text()) if path.exists() else {}
+
+
+@contextmanager
+def starting(pgdata: Path) -> Iterator[None]:
+    """Around a start of the server of ``pgdata``: once it is up, the user settings file
+    it read is kept as :data:`STARTED_CONF` (:func:`started_settings`). A failed start
+    keeps the record of the last one that worked."""
+    path = pgdata / USER_CONF
+    read = path.read_text() if path.exists() else render_conf({}, USER_HEADER)
+    yield
+    write_if_changed(pgdata.parent / STARTED_CONF, read)
+
+
+def started_settings(pgdata: Path) -> dict[str, str] | None:
+    """The user settings the server of ``pgdata`` last started with, or None when no
+    start was recorded (a server started by an older sandbox, and not since)."""
+    path = pgdata.parent / STARTED_CONF
+    return parse_conf(path.read_text()) if path.exists() else None
 
 
 def base_settings(port: int, socket_dir: Path, log_dir: Path) -> dict[str, str]:
@@ -119,7 +167,7 @@ def apply_user_conf(
 ) -> list[str]:
     """Replace the user settings file, reload, and return the names still needing a restart.
 
-    ``settings`` were checked with :func:`check_values`. Should the server still
+    ``settings`` were checked with :func:`~.confcheck.check_values`. Should the server still
     find a problem, the previous file is put back before it is ever loaded
     (:class:`ConfigValueError`); an unreachable server also gets the old file back.
     ``step`` is told "file-staged" (the new file on disk, not yet in place) and
@@ -167,114 +215,17 @@ def keep_user_conf(
         path, render_conf(settings, USER_HEADER), before_replace=lambda: step("file-staged")
     )
     step("file-replaced")
-    if problem := config_problem(bindir, pgdata):
+    if problem := config_problem(bindir, pgdata, settings):
         write_owned(path, previous)
         raise ConfigValueError(problem[0] or "", problem[1])
 
 
-def restart_needed(bindir: Path, before: dict[str, str], after: dict[str, str]) -> list[str]:
-    """The parameters whose value differs between ``before`` and ``after`` (set, changed or
-    removed) that only a server start reads (``postmaster`` context), sorted: what a
-    running server's ``pg_settings.pending_restart`` would list, without asking one."""
-    contexts = _contexts(bindir)
-    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    return sorted(k for k in changed if contexts.get(k) == "postmaster")
-
-
 def sync_user_conf(pgdata: Path, bindir: Path, settings: dict[str, str]) -> bool:
     """Make the user settings file hold ``settings`` (those this server knows, as
-    :func:`apply_user_conf` writes them after :func:`split_supported`); True when it
+    :func:`apply_user_conf` writes them after :func:`~.confcheck.split_supported`); True when it
     changed. The caller reloads or starts the server."""
     applied, _ = split_supported(bindir, settings)
     return write_if_changed(pgdata / USER_CONF, render_conf(applied, USER_HEADER))
-
-
-def check_names(settings: dict[str, str]) -> None:
-    """ConfigValueError for the first name that cannot be a configuration parameter."""
-    for name in settings:
-        if not _NAME_RE.match(name):
-            raise ConfigValueError(name, f"invalid configuration parameter name {name!r}")
-
-
-def config_problem(bindir: Path, pgdata: Path) -> tuple[str | None, str] | None:
-    """(parameter, PostgreSQL's message) for the first error in the files, or None."""
-    try:
-        run_pg([bindir / "postgres", "-D", pgdata, "-C", "port"], what="check")
-    except EngineError as e:
-        # Lines look like "<time> [pid] LOG:  invalid value for parameter "x": "y"".
-        said = [
-            m.group(2)
-            for m in re.finditer(r"(LOG|FATAL|DETAIL|HINT):\s+(.*)", str(e))
-            if "contains errors" not in m.group(2)
-        ]
-        message = " ".join(said) or str(e)
-        param = re.search(r'parameter "([^"]+)"', message)
-        return (param.group(1) if param else None), message
-    return None
-
-
-@cache
-def _contexts(bindir: Path) -> dict[str, str]:
-    """Every parameter this PostgreSQL build knows, with its context (``postmaster``,
-    ``sighup``, ``user``…), from ``postgres --describe-config`` (name, context, …)."""
-    out = run_pg([bindir / "postgres", "--describe-config"], what="describe-config")
-    fields = (line.split("\t", 2) for line in out.splitlines() if line)
-    return {f[0]: (f[1] if len(f) > 1 else "") for f in fields}
-
-
-@cache
-def known_parameters(bindir: Path) -> frozenset[str]:
-    """Every parameter this PostgreSQL build knows (``postgres --describe-config``)."""
-    return frozenset(_contexts(bindir))
-
-
-def split_supported(bindir: Path, settings: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """(settings this server knows, names it lacks).
-
-    The API's pgConfig names PostgreSQL 17/18 parameters (``transaction_timeout``);
-    the sandbox may run an older major. Such a setting is accepted and stored, as
-    the API would, but cannot be applied: the server has no such knob.
-    """
-    from pgcloud_nb.spec import pg_config_keys
-
-    known, api_keys = known_parameters(bindir), pg_config_keys()
-    # Only the API's own keys are skipped; any other unknown name is PostgreSQL's to refuse.
-    lacking = sorted(k for k in settings if k not in known and k in api_keys)
-    return {k: v for k, v in settings.items() if k not in lacking}, lacking
-
-
-def _show(bindir: Path, pgdata: Path, settings: dict[str, str], name: str) -> str:
-    """The value ``name`` would have with ``settings`` on the command line."""
-    args: list[Any] = [bindir / "postgres", "-D", pgdata, "-C", name]
-    for key, value in settings.items():
-        args += ["-c", f"{key}={value}"]
-    return run_pg(args, what="check").strip()
-
-
-def check_values(bindir: Path, pgdata: Path, settings: dict[str, str]) -> None:
-    """ConfigValueError for the first value PostgreSQL refuses, without a server.
-
-    ``postgres -C`` parses ``-c`` options with the server's own checks and exits.
-    One rule it leaves to start-up is checked here with PostgreSQL's own wording,
-    because a server that cannot start would lose the service on its next restart.
-    """
-    check_names(settings)
-    try:
-        _show(bindir, pgdata, settings, "port")
-    except EngineError as e:
-        said = re.finditer(r"(FATAL|DETAIL|HINT):\s+(.*)", str(e))
-        message = " ".join(m.group(2) for m in said) or str(e)
-        param = re.search(r'parameter "([^"]+)"', message)
-        raise ConfigValueError(param.group(1) if param else "", message) from None
-    if "max_connections" in settings:
-        reserved = int(_show(bindir, pgdata, settings, "superuser_reserved_connections"))
-        wanted = int(_show(bindir, pgdata, settings, "max_connections"))
-        if reserved >= wanted:
-            raise ConfigValueError(
-                "max_connections",
-                f"superuser_reserved_connections ({reserved}) must be less than "
-                f"max_connections ({wanted})",
-            )
 
 
 def reload_conf(conn: psycopg.Connection[Any]) -> list[str]:

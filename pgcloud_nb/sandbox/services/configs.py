@@ -3,11 +3,11 @@
 A write (a POST or PATCH of ``/config``) holds the service's lock from its read
 of the stored configuration to its last step, so two writes at once run one
 after the other and a PATCH merges into what the one before it stored
-(:meth:`Configs.write`, which takes the lock, or :meth:`Configs.write_held`
-under the caller's). It goes in one order:
+(:meth:`Configs.write_held`, under the caller's hold of the lock). It goes in
+one order:
 
 1. **validate**: names and values by PostgreSQL's own checks (``postgres -C``,
-   :func:`~pgcloud_nb.sandbox.postgres.conffiles.check_values`), no file
+   :func:`~pgcloud_nb.sandbox.postgres.confcheck.check_values`), no file
    touched; a refused value is a 400 and nothing changes;
 2. **commit**: one transaction stores the new ``pgConfig`` and
    ``pgBouncerConfig`` and, beside them, the pair they replace
@@ -19,8 +19,8 @@ under the caller's). It goes in one order:
    (docs/api-behaviour.md, "The restart message"). A serving node that is
    down (stopped, killed, or not taking connections) keeps the file for its
    next start instead, checked the way that start reads it, and PostgreSQL's
-   parameter list says what needs a restart (docs/api-behaviour.md,
-   "Config writes while the server is down");
+   parameter list says what differs from the settings it last started with
+   and needs a restart (docs/api-behaviour.md §8.6);
 4. each HA standby gets the same file, and a reload when it runs;
 5. **settle**: the undo is dropped.
 
@@ -36,6 +36,11 @@ node whose file changed (or whose write was in flight) reloads. Settings that
 need a restart stay pending (``pg_settings.pending_restart``), as an uncut write
 leaves them: saying so was the answer's job.
 
+Whatever gets past the checks cannot keep a service down: when a restart or
+a resume fails to start its servers and their settings are not the ones they
+last started with, :meth:`Configs.fall_back` puts those back (the store too,
+so the API reads what runs) and starts them again (docs/api-behaviour.md §8.6).
+
 A new service's settings are written before its first start
 (:func:`write_user_conf`), so they hold at once without a restart. A restore or
 read replica is made from scratch again when cut short, its settings included.
@@ -49,21 +54,24 @@ the server at each of :data:`STEPS`.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable, Sequence
 
 from pgcloud_nb.sandbox.crashpoints import reached
 from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError
 from pgcloud_nb.sandbox.postgres.cluster import Cluster
+from pgcloud_nb.sandbox.postgres.confcheck import check_values, restart_needed, split_supported
 from pgcloud_nb.sandbox.postgres.conffiles import (
     apply_user_conf,
-    check_values,
     keep_user_conf,
-    restart_needed,
-    split_supported,
+    started_settings,
     sync_user_conf,
+    user_settings,
 )
 from pgcloud_nb.sandbox.postgres.process import signal_reload
 from pgcloud_nb.sandbox.services.context import CONFIGURABLE, Context
 from pgcloud_nb.sandbox.services.hotstandby import standby_config
+from pgcloud_nb.sandbox.services.notes import note, reason
 from pgcloud_nb.sandbox.store import ServiceRow
 
 __all__ = ["STEPS", "Configs", "write_user_conf"]
@@ -109,8 +117,11 @@ def _apply(node: Cluster, applied: dict[str, str], steps: str | None) -> list[st
 
 
 def _serve(node: Cluster, applied: dict[str, str], before: dict[str, str]) -> list[str]:
-    """The serving node takes ``applied`` (step 3): reloaded when it takes connections,
-    else kept for its next start; returns the names needing a restart."""
+    """The serving node takes ``applied`` (step 3): reloaded when it takes connections;
+    else the file is written and checked as a start reads it, and a live postmaster
+    (crash recovery, start-up) rereads it on SIGHUP. Returns the names needing a restart:
+    the server's own word, or what differs from the settings it last started with
+    (``before``, the stored config replaced, when no start was recorded)."""
     if node.is_running():
         try:
             return _apply(node, applied, "config:")
@@ -119,10 +130,20 @@ def _serve(node: Cluster, applied: dict[str, str], before: dict[str, str]) -> li
         except EngineError as exc:  # it went down meanwhile, or is recovering from a crash
             log.warning("config of %s kept for its next start: %s", node.root.name, exc)
     keep_user_conf(node.pgdata, node.bindir, applied, lambda name: reached("config:" + name))
-    # A postmaster alive but not taking connections (crash recovery, start-up) rereads
-    # its files on SIGHUP, which needs no connection; a dead one reads them when started.
+    # A postmaster alive but not taking connections rereads its files on SIGHUP, which
+    # needs no connection; a dead one reads them when started.
     signal_reload(node.pgdata)
-    return restart_needed(node.bindir, split_supported(node.bindir, before)[0], applied)
+    started = started_settings(node.pgdata)
+    if started is None:
+        started = split_supported(node.bindir, before)[0]
+    return restart_needed(node.bindir, started, applied)
+
+
+def _start_failure(exc: BaseException) -> str:
+    """Why a server did not start, in one line: PostgreSQL's FATAL message when its log
+    tail (in the error) has one."""
+    fatal = re.search(r"FATAL:\s+(.+)", str(exc))
+    return reason(EngineError(fatal.group(1))) if fatal else reason(exc)
 
 
 class Configs:
@@ -131,18 +152,12 @@ class Configs:
 
     # -- a write
 
-    async def write(
-        self, row: ServiceRow, pg_config: dict[str, str], bouncer: dict[str, str]
-    ) -> list[str]:
-        """Make ``pg_config`` and ``bouncer`` the service's configuration (the module's
-        steps) under the service's lock; returns the names still needing a restart."""
-        async with self.ctx.lock(row.id):
-            return await self.write_held(row, pg_config, bouncer)
-
     async def write_held(
         self, row: ServiceRow, pg_config: dict[str, str], bouncer: dict[str, str]
     ) -> list[str]:
-        """:meth:`write`, the caller holding the service's lock (``Context.lock``)."""
+        """Make ``pg_config`` and ``bouncer`` the service's configuration (the module's
+        steps), the caller holding the service's lock (``Context.lock``, which is not
+        reentrant); returns the names still needing a restart."""
         ctx = self.ctx
         row = ctx.current(row, "changing the configuration", CONFIGURABLE)
         primary = ctx.cluster(row)
@@ -178,11 +193,64 @@ class Configs:
             log.warning("config of standby %s: %s", node.root.name, exc)
         write_user_conf(node, settings)
 
+    # -- a start that failed
+
+    async def fall_back(
+        self, row: ServiceRow, failure: BaseException, start: Sequence[Callable[[], object]]
+    ) -> bool:
+        """After ``start`` (blocking steps, in order) failed to start ``row``'s servers:
+        when the serving node's user settings are not those it last started with, put
+        those back (the stored pgConfig too, keeping the keys this major lacks, which
+        never ran) and run ``start`` again. True when the servers now run; else every
+        setting is back as it was and False. The caller holds the service's lock
+        (docs/api-behaviour.md §8.6)."""
+        ctx = self.ctx
+        now = ctx.store.get(row.id)
+        if now is None:
+            return False
+        serving = ctx.cluster(now)
+        started = await ctx.run(started_settings, serving.pgdata)
+        if started is None or started == await ctx.run(user_settings, serving.pgdata):
+            return False  # the settings did not change: what failed is something else
+        lacking = (await ctx.run(split_supported, serving.bindir, now.pg_config))[1]
+        kept = {**started, **{k: now.pg_config[k] for k in lacking}}
+        undo = {"pg_config": now.pg_config, "pg_bouncer_config": now.pg_bouncer_config}
+        # Stored with its undo, as a write is: a crash from here on is reconciled.
+        ctx.store.update(now.id, pg_config=kept, config_undo=undo)
+        try:
+            await ctx.run(self._write_all, now, kept)
+            for step in start:
+                await ctx.run(step)
+        except Exception as exc:
+            log.error("service %s: not started with its last settings either: %s", now.id, exc)
+            ctx.store.update(now.id, **undo, config_undo=None)
+            await ctx.run(self._write_all, now, now.pg_config)
+            return False
+        ctx.store.update(now.id, config_undo=None)
+        why = _start_failure(failure)
+        log.warning("service %s did not start (%s): it runs its last settings again", now.id, why)
+        await ctx.run(
+            note,
+            serving,
+            f"the server did not start with the configuration written ({why}); it runs the"
+            " one it last started with, which the service's configuration now shows",
+            "WARNING",
+        )
+        return True
+
+    def _write_all(self, row: ServiceRow, settings: dict[str, str]) -> None:
+        """Every node's user settings file says ``settings`` (as a standby can run them)."""
+        serving = self.ctx.cluster(row)
+        for node in [serving, *self.ctx.layout.standbys(row)]:
+            if node.pgdata.is_dir():
+                write_user_conf(node, settings if node is serving else standby_config(settings))
+
     # -- at start
 
     def reconcile_all(self) -> None:
-        """Make every running service's servers run what the store says (blocking; at
-        start, before the API answers and before stopped servers start)."""
+        """Make the servers of every service whose settings are in force or kept
+        (running, restarting, stopped) say what the store says (blocking; at start,
+        before the API answers and before servers that are down start)."""
         for row in self.ctx.store.rows():
             if row.state not in IN_EFFECT and row.state not in CONFIGURABLE:
                 continue  # creates, restores and replicas cut short are made again

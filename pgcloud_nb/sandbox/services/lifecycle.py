@@ -45,7 +45,8 @@ from pgcloud_nb.sandbox.errors import Conflict, RequestRefused
 from pgcloud_nb.sandbox.insights.logs import LogQuery
 from pgcloud_nb.sandbox.insights.statements import Counters, Key, Statement
 from pgcloud_nb.sandbox.postgres.binaries import datadir_major
-from pgcloud_nb.sandbox.postgres.cluster import check_settings, stop_all
+from pgcloud_nb.sandbox.postgres.cluster import stop_all
+from pgcloud_nb.sandbox.postgres.confcheck import check_settings
 from pgcloud_nb.sandbox.postgres.hardening import harden_clusters
 from pgcloud_nb.sandbox.services import access_lists
 from pgcloud_nb.sandbox.services.catalog import BackupEntry, catalog
@@ -206,17 +207,19 @@ class Lifecycle:
             row = ctx.store.get(service_id)
             if row is None:
                 return
+            nodes = [*ctx.layout.standbys(row), ctx.cluster(row)]
             try:
                 # Followers first: a hot standby needs settings such as max_connections at
                 # least as high as its primary's (followers.py).
                 if row.is_primary:
                     await self._followers.restart_first(row.id)
-                for node in [*ctx.layout.standbys(row), ctx.cluster(row)]:
+                for node in nodes:
                     await ctx.run(node.restart)
-            except Exception as exc:
-                log.error("service %s failed to restart: %s", service_id, exc)
-                ctx.store.update(service_id, state="unavailable")
-                return
+            except Exception as exc:  # new settings that stop it: those it ran come back
+                if not await self._configs.fall_back(row, exc, [n.restart for n in nodes]):
+                    log.error("service %s failed to restart: %s", service_id, exc)
+                    ctx.store.update(service_id, state="unavailable")
+                    return
             ctx.store.update(service_id, state="running")
 
     async def promote(self, row: ServiceRow) -> ServiceRow:

@@ -22,7 +22,7 @@ from typing import Any
 from pgcloud_nb.sandbox.errors import Conflict, EngineError
 from pgcloud_nb.sandbox.postgres.cluster import Cluster
 from pgcloud_nb.sandbox.services import access_lists
-from pgcloud_nb.sandbox.services.configs import write_user_conf
+from pgcloud_nb.sandbox.services.configs import Configs, write_user_conf
 from pgcloud_nb.sandbox.services.context import SETTLED, Context
 from pgcloud_nb.sandbox.services.making import fail
 from pgcloud_nb.sandbox.services.naming import generate_password, make_hostname
@@ -164,10 +164,12 @@ class Provisioning:
                 return
             try:
                 await ctx.run(self._start_converged, row)
-            except Exception as exc:
-                log.error("service %s could not be resumed: %s", service_id, exc)
-                ctx.store.update(service_id, state="unavailable")
-                return
+            except Exception as exc:  # new settings that stop it: those it ran come back
+                retry = [lambda: self._start_converged(row)]
+                if not await Configs(ctx).fall_back(row, exc, retry):
+                    log.error("service %s could not be resumed: %s", service_id, exc)
+                    ctx.store.update(service_id, state="unavailable")
+                    return
             ctx.store.update(service_id, state="running")
         if row.is_primary:
             self.ha.reconcile_soon(service_id)
