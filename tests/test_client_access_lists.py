@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from fixtures.mockapi import mock_client
 
 import pgcloud_nb
 from pgcloud_nb.client import Client
@@ -31,24 +32,17 @@ HERE: IpAccessRule = {"source": "127.0.0.1/32", "description": "this machine"}
 SERVICE = {"id": "33333333-3333-4333-8333-333333333333", "name": "svc", "state": "creating"}
 
 
-def mock_client(bodies: list[Any]) -> Client:
+def recording_client(bodies: list[Any]) -> Client:
     def handler(request: httpx.Request) -> httpx.Response:
         bodies.append(json.loads(request.content))
         return httpx.Response(200, json={"status": 200, "requestId": "r", "result": SERVICE})
 
-    return Client(
-        key_id="key-id",
-        key_secret="secret",
-        org_id="11111111-1111-4111-8111-111111111111",
-        base_url="https://api.test",
-        budget=Budget.unlimited(),
-        transport=httpx.MockTransport(handler),
-    )
+    return mock_client(handler)
 
 
 def test_the_rules_are_sent_in_the_api_form() -> None:
     bodies: list[Any] = []
-    client = mock_client(bodies)
+    client = recording_client(bodies)
     client.create_service(
         name="svc", region="us-east-1", size="r8gd.large", ip_access_list=[OFFICE, "203.0.113.7"]
     )
@@ -61,7 +55,7 @@ def test_the_rules_are_sent_in_the_api_form() -> None:
 
 def test_a_replica_and_a_restore_send_the_same_form() -> None:
     bodies: list[Any] = []
-    client = mock_client(bodies)
+    client = recording_client(bodies)
     target = "2026-01-01T00:00:00Z"
     client.create_read_replica(SERVICE["id"], name="r", ip_access_list=[OFFICE, "203.0.113.7"])
     client.create_read_replica(SERVICE["id"], name="r", ip_access_list=[])
@@ -83,7 +77,7 @@ def test_a_replica_and_a_restore_send_the_same_form() -> None:
 
 def test_an_update_sends_removals_and_additions() -> None:
     bodies: list[Any] = []
-    client = mock_client(bodies)
+    client = recording_client(bodies)
     shown = {"id": "rule-1", "source": "0.0.0.0/0", "description": "", "portRange": "5432"}
     client.update_service(SERVICE["id"], ip_access_add=[OFFICE])
     client.update_service(SERVICE["id"], ip_access_remove=["rule-2", shown], name="n")
@@ -116,7 +110,7 @@ def test_a_bad_change_is_refused_before_sending(
 ) -> None:
     bodies: list[Any] = []
     with pytest.raises(error, match=re.escape(named)):
-        mock_client(bodies).update_service(SERVICE["id"], **change)
+        recording_client(bodies).update_service(SERVICE["id"], **change)
     assert bodies == []
 
 
@@ -140,7 +134,7 @@ def test_a_bad_change_is_refused_before_sending(
 def test_a_bad_rule_is_refused_before_sending(rules: Any, named: str) -> None:
     bodies: list[Any] = []
     with pytest.raises(ValueError, match=re.escape(named)):
-        mock_client(bodies).create_service(
+        recording_client(bodies).create_service(
             name="svc", region="us-east-1", size="r8gd.large", ip_access_list=rules
         )
     assert bodies == []
@@ -150,7 +144,7 @@ def test_a_bad_rule_is_refused_before_sending(rules: Any, named: str) -> None:
 def test_a_list_of_rules_is_required(rules: Any) -> None:
     bodies: list[Any] = []
     with pytest.raises(TypeError):
-        mock_client(bodies).create_service(
+        recording_client(bodies).create_service(
             name="svc", region="us-east-1", size="r8gd.large", ip_access_list=rules
         )
     assert bodies == []

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fixtures.mockapi import mock_client
 
 from pgcloud_nb.client import Client
 from pgcloud_nb.errors import NotFoundError
 from pgcloud_nb.jobs import ErrorPanel, StatusLine
 from pgcloud_nb.models import PostgresService
-from pgcloud_nb.ratelimit import Budget
 from pgcloud_nb.spec import prepare_in_background
 from pgcloud_nb.widgets import ConfigEditor, CreateForm, ServicePicker, TagEditor
 from pgcloud_nb.widgets.config import pending_restart
@@ -216,14 +216,7 @@ def _down() -> Client:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
-    return Client(
-        key_id="k",
-        key_secret="s",
-        org_id="org",
-        base_url="http://127.0.0.1:9",
-        budget=Budget.unlimited(),
-        transport=httpx.MockTransport(refuse),
-    )
+    return mock_client(refuse, base_url="http://127.0.0.1:9")
 
 
 def test_api_down_shows_one_line_without_a_loop() -> None:
