@@ -64,6 +64,10 @@ class EngineError(RuntimeError):
     """A PostgreSQL server could not be made, started, stopped or configured."""
 
 
+class ServerExited(EngineError):
+    """The server exited while it started (its log says why): not a start that was slow."""
+
+
 class ConfigValueError(EngineError, ValueError):
     """A setting was refused by PostgreSQL; the previous settings stay in force."""
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -24,7 +25,8 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -32,7 +34,7 @@ from test_api import error, org_client, result, running_service
 from test_lifecycle_advanced import sql
 
 from pgcloud_nb.sandbox import SandboxInfo
-from pgcloud_nb.sandbox.errors import PgBinariesNotFound
+from pgcloud_nb.sandbox.errors import EngineError, PgBinariesNotFound, ServerExited
 from pgcloud_nb.sandbox.postgres import binaries
 from pgcloud_nb.sandbox.postgres.cluster import Cluster
 from pgcloud_nb.sandbox.postgres.confcheck import config_problem
@@ -50,6 +52,7 @@ from pgcloud_nb.sandbox.postgres.osuser import (
     usable_clusters_dir,
     write_owned,
 )
+from pgcloud_nb.sandbox.services.configs import Configs
 
 TWICE = 'must be at least twice "wal_segment_size"'  # PostgreSQL's own words (xlog.c)
 STARTED = {"work_mem": "6MB"}  # what the module's service is made with
@@ -139,6 +142,9 @@ def test_a_start_that_fails_goes_back_to_the_settings_it_last_started_with(
     sandbox: SandboxInfo, service: dict[str, Any], figures: dict[str, str]
 ) -> None:
     sid, node = service["id"], node_of(sandbox, service)
+    with org_client(sandbox) as api:  # last started with STARTED, whatever ran before
+        result(api.post(f"/postgres/{sid}/config", json=body(STARTED)))
+        assert restart(api, sid) == "running"
     bad = {**STARTED, "min_wal_size": "2MB"}
     node.stop("fast")
     # What a sandbox before these checks accepted while the server was down (a 200): in
@@ -218,3 +224,24 @@ def test_a_down_server_is_checked_with_start_ups_cross_checks(major: int, folder
     finally:
         holder.kill()
         holder.wait()
+
+
+class _Broken:
+    """A context whose store fails: what goes wrong while putting settings back."""
+
+    class store:
+        @staticmethod
+        def get(service_id: str) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+
+def test_only_a_server_that_exited_falls_back_and_a_failing_fall_back_says_no() -> None:
+    row = cast(Any, SimpleNamespace(id="s1"))
+    # A slow start (crash recovery on a busy machine) keeps the settings the user wrote:
+    # the fall-back does not even look (no context to look with).
+    slow = EngineError("server in /x not ready after 30s")
+    assert asyncio.run(Configs(cast(Any, None)).fall_back(row, slow, [])) is False
+    # An error while putting settings back is answered False, so the caller records the
+    # service `unavailable` instead of leaving it `restarting`.
+    exited = ServerExited("server in /x failed to start")
+    assert asyncio.run(Configs(cast(Any, _Broken())).fall_back(row, exited, [])) is False

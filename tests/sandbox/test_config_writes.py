@@ -171,7 +171,7 @@ def test_concurrent_patches_keep_every_key(
     sid = service["id"]
     with org_client(sandbox) as api:
         result(api.post(f"/postgres/{sid}/config", json={"pgConfig": {}, "pgBouncerConfig": {}}))
-    start = threading.Barrier(len(KEYS))
+    start = threading.Barrier(len(KEYS), timeout=60)  # a writer that fails early: no hang
 
     def write(key: str) -> int:
         with org_client(sandbox) as own:  # one connection per writer, all sent at once
@@ -198,7 +198,7 @@ def test_concurrent_rule_patches_and_renames_keep_every_rule(
     sid, writers = service["id"], 8
     with org_client(sandbox) as api:
         name = result(api.get(f"/postgres/{sid}"))["name"]
-    start = threading.Barrier(writers)
+    start = threading.Barrier(writers, timeout=60)  # a writer that fails early: no hang
 
     def add(i: int) -> int:
         body: dict[str, Any] = {

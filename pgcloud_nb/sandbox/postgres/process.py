@@ -25,7 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from pgcloud_nb.sandbox.errors import EngineError
+from pgcloud_nb.sandbox.errors import EngineError, ServerExited
 from pgcloud_nb.sandbox.postgres.osuser import (
     POLL,
     as_pg_user,
@@ -92,7 +92,7 @@ def wait_ready(pgdata: Path, log_dir: Path, timeout: float, log_offset: int) -> 
     else:
         where = pgdata.parent
         raise EngineError(f"server in {where} not ready after {timeout:g}s\n{log_tail(log_dir)}")
-    raise EngineError(f"server in {pgdata.parent} failed to start\n{log_tail(log_dir)}")
+    raise ServerExited(f"server in {pgdata.parent} failed to start\n{log_tail(log_dir)}")
 
 
 def _startup_failed(log_dir: Path, log_offset: int) -> bool:

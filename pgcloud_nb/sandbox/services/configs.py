@@ -58,7 +58,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from pgcloud_nb.sandbox.crashpoints import reached
-from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError
+from pgcloud_nb.sandbox.errors import ConfigValueError, EngineError, ServerExited
 from pgcloud_nb.sandbox.postgres.cluster import Cluster
 from pgcloud_nb.sandbox.postgres.confcheck import check_values, restart_needed, split_supported
 from pgcloud_nb.sandbox.postgres.conffiles import (
@@ -203,7 +203,24 @@ class Configs:
         those back (the stored pgConfig too, keeping the keys this major lacks, which
         never ran) and run ``start`` again. True when the servers now run; else every
         setting is back as it was and False. The caller holds the service's lock
-        (docs/api-behaviour.md §8.6)."""
+        (docs/api-behaviour.md §8.6).
+
+        Only a server that exited while starting is a setting's doing: one that was only
+        slow (crash recovery on a busy machine) keeps the settings the user wrote. And
+        whatever goes wrong here is logged and answered False, so that the caller still
+        records the service ``unavailable`` rather than leaving it ``restarting``.
+        """
+        if not isinstance(failure, ServerExited):
+            return False
+        try:
+            return await self._fall_back(row, failure, start)
+        except Exception as exc:
+            log.error("service %s: putting back its last settings failed: %s", row.id, exc)
+            return False
+
+    async def _fall_back(
+        self, row: ServiceRow, failure: ServerExited, start: Sequence[Callable[[], object]]
+    ) -> bool:
         ctx = self.ctx
         now = ctx.store.get(row.id)
         if now is None:
