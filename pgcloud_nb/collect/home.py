@@ -98,11 +98,10 @@ def read_state(home: Path) -> dict[str, Any]:
 class Stores:
     """The store for a round: opened and closed around it when embedded (one process's)."""
 
-    def __init__(self, dsn: str | None, wait: float) -> None:
+    def __init__(self, dsn: str, wait: float) -> None:
+        """``dsn``: as :func:`~pgcloud_nb.collect.dsn.effective` made it from the settings."""
         self.dsn, self.wait = dsn, wait
-        self.embedded = (dsn or os.environ.get("PGCLOUD_HISTORY_DSN") or "chdb:").startswith(
-            "chdb:"
-        ) and not (dsn is None and os.environ.get("CLICKHOUSE_HOST"))
+        self.embedded = dsn.startswith("chdb:")
         self._held: Store | None = None
 
     @contextlib.contextmanager

@@ -244,8 +244,11 @@ class FleetTable(widgets.VBox):
         written, no CSV cell runs as a spreadsheet formula, and the file is 0600 (see
         :func:`~pgcloud_nb.widgets.fleetview.export_frame`).
         """
+        return self._write(self.view(), fmt, folder)
+
+    def _write(self, rows: pd.DataFrame, fmt: str, folder: str | Path | None) -> Path:
         where = folder if folder is not None else self._folder()
-        path = write_export(self.view(), where, fmt, now=datetime.now(UTC))
+        path = write_export(rows, where, fmt, now=datetime.now(UTC))
         self.exported = path
         return path
 
@@ -258,8 +261,9 @@ class FleetTable(widgets.VBox):
 
     def _export_clicked(self, fmt: str) -> None:
         self.errors.clear()
-        path = self.export(fmt)
-        self.status.set(f"wrote {len(self.view())} services to {shown_path(path)}", icon="✓")
+        rows = self.view()  # once: the count said is the file's, even if a refresh lands
+        path = self._write(rows, fmt, None)
+        self.status.set(f"wrote {len(rows)} services to {shown_path(path)}", icon="✓")
 
     # -- auto-refresh --
 
