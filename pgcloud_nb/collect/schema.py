@@ -39,6 +39,7 @@ increases) and the migration that adds them to an older store are
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 __all__ = [
@@ -168,9 +169,11 @@ def ttl_statements(database: str, *, raw_ttl: timedelta, rollup_ttl: timedelta) 
     ]
 
 
-def drop_statements(database: str) -> list[str]:
+def drop_statements(
+    database: str, views: Sequence[str] = VIEWS, tables: Sequence[str] = TABLES
+) -> list[str]:
     """Views first, so that no view is left pointing at a dropped table."""
     db = f"`{database}`"
-    return [f"DROP VIEW IF EXISTS {db}.{v}" for v in VIEWS] + [
-        f"DROP TABLE IF EXISTS {db}.{t}" for t in TABLES
+    return [f"DROP VIEW IF EXISTS {db}.{v}" for v in views] + [
+        f"DROP TABLE IF EXISTS {db}.{t}" for t in tables
     ]

@@ -256,13 +256,9 @@ class Store:
 
     def drop(self) -> None:
         """Delete every table of this history (the database itself stays)."""
-        db = f"`{self.database}`"
-        for view in rollups.VIEWS:  # views first: none is left pointing at a dropped table
-            self.client.command(f"DROP VIEW IF EXISTS {db}.{view}")
-        for statement in schema.drop_statements(self.database):
+        views, tables = (*schema.VIEWS, *rollups.VIEWS), (*schema.TABLES, *rollups.TABLES)
+        for statement in schema.drop_statements(self.database, views, tables):
             self.client.command(statement)
-        for table in rollups.TABLES:
-            self.client.command(f"DROP TABLE IF EXISTS {db}.{table}")
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -43,8 +43,12 @@ def scrapes() -> list[pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, scrapes: list[pd.DataFrame]) -> Iterator[Store]:
-    folder = tmp_path_factory.mktemp("history")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("history")
+
+
+@pytest.fixture(scope="module")
+def store(folder: Path, scrapes: list[pd.DataFrame]) -> Iterator[Store]:
     with Store.open(f"chdb://{folder}", database="test_store") as st:
         for k, frame in enumerate(scrapes):
             st.insert_scrape(frame, round_id=f"round-{k}")
@@ -237,3 +241,14 @@ def test_a_store_without_the_derived_tables_is_migrated_on_open(store: Store) ->
     n = store.query("SELECT count() AS n FROM service_scrapes")["n"][0]
     store.insert_scrape(scrape(130), round_id="after-migration")
     assert store.query("SELECT count() AS n FROM service_scrapes")["n"][0] == n + len(SVCS)
+
+
+def test_drop_leaves_no_table_or_view_of_the_history(store: Store, folder: Path) -> None:
+    # Another database in the same folder: the module's store stays for the other tests.
+    assert store.query("SELECT count() AS n FROM samples")["n"].iloc[0] > 0
+    with Store.open(f"chdb://{folder}", database="test_dropped") as st:
+        st.insert_scrape(scrape(0), round_id="round-0")
+        st.drop()
+        left = st.query("SELECT name FROM system.tables WHERE database = 'test_dropped'")
+    assert left.empty, left
+    assert store.query("SELECT count() AS n FROM samples")["n"].iloc[0] > 0  # untouched
