@@ -196,7 +196,7 @@ def test_the_sandbox_keeps_shows_and_enforces_the_rules(
     # Neither network holds 127.0.0.1: the server refuses this machine's TCP client,
     # right password and all.
     with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
-        pg.connect_service(closed.id, connect_timeout=5).close()
+        pg.connect_service(closed.id, connect_timeout=30).close()
 
 
 def test_an_update_changes_the_rules_in_force(pg: Client, closed: PostgresService) -> None:
@@ -204,7 +204,7 @@ def test_an_update_changes_the_rules_in_force(pg: Client, closed: PostgresServic
     svc = pg.update_service(closed.id, ip_access_remove=[lan], ip_access_add=[HERE])
     assert [r["source"] for r in shown(svc)] == ["10.0.0.0/8", "127.0.0.1/32"]
     assert shown(svc)[0] == office  # kept as it was, id included
-    with pg.connect_service(closed.id, connect_timeout=5) as conn:  # in force at the answer
+    with pg.connect_service(closed.id, connect_timeout=30) as conn:  # in force at the answer
         assert conn.execute("SELECT 1").fetchone() == (1,)
     here = shown(svc)[1]
     again: IpAccessRule = {"source": lan["source"], "portRange": lan["portRange"]}  # no id

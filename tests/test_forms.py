@@ -290,5 +290,6 @@ def test_the_forms_that_check_bodies_begin_loading_the_validator(
         prepare_in_background.cache_clear()
         build().close()
         assert prepare_in_background.cache_info().currsize == 1
-    prepare_in_background().join(timeout=300)
-    assert "jsonschema" in sys.modules
+    loading = prepare_in_background()
+    loading.join(timeout=300)
+    assert not loading.is_alive() and "jsonschema" in sys.modules

@@ -326,7 +326,7 @@ def test_fleet_snapshot_counts_only_its_own_requests() -> None:
 
         job = threading.Thread(target=widget_job)
         job.start()
-        started.wait(10)
+        assert started.wait(10), "the job's first request did not go out"
         before = client.request_count
         with client.counting() as outer:
             snap = fleet_snapshot(client)

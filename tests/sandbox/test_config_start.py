@@ -95,7 +95,9 @@ def kill(node: Cluster) -> None:
     pid = postmaster_pid(node.pgdata)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
     while postmaster_pid(node.pgdata) is not None:
+        assert time.monotonic() < deadline, f"postmaster {pid} still there 30 s after SIGKILL"
         time.sleep(0.05)
 
 

@@ -212,14 +212,16 @@ def test_concurrent_rule_patches_and_renames_keep_every_rule(
                 f"/postgres/{sid}", json=body, headers={"Connection": "close"}
             ).status_code
 
-    with ThreadPoolExecutor(writers) as pool:
-        statuses = list(pool.map(add, range(writers)))
-    with org_client(sandbox) as api:
-        after = result(api.get(f"/postgres/{sid}"))
-        added = [r for r in after["ipAccessList"] if r["source"].startswith("10.200.")]
-        # As it was: the rules gone, the first name back (its hostname, its certificate).
-        remove = {"remove": [{"id": r["id"]} for r in added]}
-        back = api.patch(f"/postgres/{sid}", json={"name": name, "ipAccessList": remove})
+    try:
+        with ThreadPoolExecutor(writers) as pool:
+            statuses = list(pool.map(add, range(writers)))
+    finally:  # whatever failed, the module's service goes back as it was for the next tests
+        with org_client(sandbox) as api:
+            after = result(api.get(f"/postgres/{sid}"))
+            added = [r for r in after["ipAccessList"] if r["source"].startswith("10.200.")]
+            # As it was: the rules gone, the first name back (its hostname, its certificate).
+            remove = {"remove": [{"id": r["id"]} for r in added]}
+            back = api.patch(f"/postgres/{sid}", json={"name": name, "ipAccessList": remove})
     figures["concurrent rule PATCHes, half renaming (rules kept of rules added)"] = (
         f"{len(added)} of {writers}"
     )
