@@ -152,6 +152,13 @@ def test_notebook_runs_in_jupyterlab(
     assert not errors, f"cells failed in JupyterLab: {errors}"
     assert not failures, failures
     assert not seen["panels"], f"error panels left showing: {seen['panels']}"
+    # Every notebook shows widgets: 0 of 0 would pass the check below without looking (as
+    # when a JupyterLab release stopped marking widget outputs with their type).
+    assert seen["widgets"] > 0, "no widget output found after Run All"
+    if name.startswith("04-"):
+        assert seen["charts"], "notebook 04's live chart was not found"
+    if name.startswith("05-"):
+        assert seen["tables"], "notebook 05's fleet table was not found"
     assert seen["filled"] == seen["widgets"], (
         f"only {seen['filled']} of {seen['widgets']} widgets show anything"
     )
